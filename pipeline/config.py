@@ -1,0 +1,196 @@
+"""Run configuration: YAML -> frozen, validated models. Errors name the YAML path of the bad field."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from pipeline.registry import STAGES, UnknownName, stage_class
+from stages.base import Frozen, StageConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message names the field and what to change."""
+
+
+class RayConfig(Frozen):
+    """How the runner reaches Ray."""
+
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (None: all). Ignored on a cluster.")
+    address: str | None = Field(
+        None, description="Cluster address; the RAY_ADDRESS environment variable takes precedence. None: embedded local Ray."
+    )
+    progress_bars: bool = Field(True, description="Show Ray Data progress bars.")
+
+
+class RunConfig(Frozen):
+    """A whole run: stages in order, plus optional fine-tuning and evaluation."""
+
+    name: str = Field("run", description="Run name; the run directory defaults to <output_root>/<name>.")
+    output_root: str = Field("runs", description="Every output path of the run stays inside this directory.")
+    run_dir: str | None = Field(None, description="Run directory, relative to output_root (default: the name).")
+    seed: int = Field(0, description="Seed of every random choice in the run (sampling, selection).")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection settings.")
+    stages: tuple[tuple[str, StageConfig], ...] = Field(
+        description="Stages in order, as a mapping stage-name -> stage config block."
+    )
+    finetune: dict[str, Any] | None = Field(None, description="Fine-tune a student on the exported dataset.")
+    evaluate: dict[str, Any] | None = Field(None, description="Evaluate base and fine-tuned student on held-out problems.")
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        """The run directory, checked to stay inside ``output_root``."""
+        return safe_join(self.output_root, self.run_dir or self.name)
+
+    def stage(self, name: str) -> StageConfig | None:
+        """The config block of stage ``name``, if the run has it."""
+        return dict(self.stages).get(name)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The resolved config, as it would be written in YAML."""
+        out = self.model_dump(mode="json", exclude={"stages"})
+        out["stages"] = {name: cfg.model_dump(mode="json") for name, cfg in self.stages}
+        return out
+
+
+def safe_join(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """``root/relative``, refusing paths that escape ``root`` (absolute paths, ``..``)."""
+    root_path = Path(root).resolve()
+    target = (root_path / relative).resolve()
+    if target != root_path and root_path not in target.parents:
+        raise ConfigError(f"run_dir: {relative!s} escapes output_root {root!s}; use a path inside output_root")
+    return target
+
+
+def _format(loc: tuple, err: dict, model_fields: list[str] | None = None) -> str:
+    path = ".".join(str(p) for p in loc if p != "__root__")
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        hint = f"; valid keys here: {', '.join(model_fields)}" if model_fields else ""
+        return f"{path}: unknown key{hint}"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    got = err.get("input")
+    got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{path}: {err.get('msg', 'invalid')}{got_s}"
+
+
+def _fields_at(model: type, loc: tuple) -> list[str] | None:
+    """Valid keys of the model that sits at ``loc`` (for 'did you mean' hints)."""
+    from pydantic import BaseModel
+
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+        for arg in getattr(current, "__args__", ()) or ():
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _errors_of(e: ValidationError, prefix: tuple, model: type) -> list[str]:
+    lines = []
+    for err in e.errors(include_url=False):
+        loc = prefix + tuple(err["loc"])
+        lines.append(_format(loc, err, _fields_at(model, tuple(err["loc"]))))
+    return lines
+
+
+def _build_stages(blocks: Any) -> tuple[tuple[str, StageConfig], ...]:
+    if not isinstance(blocks, dict) or not blocks:
+        raise ConfigError("stages: must be a mapping of stage name -> config block, e.g. {source: {...}, sample: {...}}")
+    built = []
+    for name, block in blocks.items():
+        try:
+            stage = stage_class(name)
+        except UnknownName as e:
+            raise ConfigError(f"stages.{name}: {e}") from None
+        block = {} if block is None else block
+        if not isinstance(block, dict):
+            raise ConfigError(f"stages.{name}: must be a mapping of options, got {type(block).__name__}")
+        try:
+            built.append((name, stage.config_model.model_validate(block)))
+        except ValidationError as e:
+            raise ConfigError("\n".join(_errors_of(e, ("stages", name), stage.config_model))) from None
+    return tuple(built)
+
+
+def parse_config(data: Any) -> RunConfig:
+    """Validate a dict into a RunConfig, raising ConfigError with one line per problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: must be a mapping at the top level, got {type(data).__name__}")
+    if "stages" not in data:
+        raise ConfigError("stages: required field is missing (a mapping of stage name -> config block)")
+    data = {**data, "stages": _build_stages(data["stages"])}
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_errors_of(e, (), RunConfig))) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides; values are parsed as YAML (``k=8`` is an int, ``x=[1,2]`` a list)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stages.sample.k=8")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {part} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML file into a dict, with errors that say where the YAML is broken."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        raise ConfigError(f"{path}: empty config")
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """Load, override and validate a config file."""
+    return parse_config(apply_overrides(load_yaml(path), overrides or []))
+
+
+def config_json(cfg: Frozen) -> str:
+    """A canonical JSON form of a config (for fingerprints)."""
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+__all__ = ["ConfigError", "RunConfig", "RayConfig", "load_config", "parse_config", "apply_overrides", "STAGES"]

@@ -1,0 +1,89 @@
+"""Reading and writing stage outputs: parquet part files written atomically, so a killed run leaves no half rows."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pipeline import columns as C
+
+
+def to_arrow(batch: dict[str, list[Any]]):
+    """A column batch as an Arrow table, with the contract's types for known columns."""
+    import pyarrow as pa
+
+    types = C.arrow_types()
+    arrays, names = [], []
+    for name, values in batch.items():
+        values = list(values)
+        typ = types.get(name)
+        try:
+            arrays.append(pa.array(values, type=typ) if typ is not None else pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            arrays.append(pa.array([None if v is None else str(v) for v in values], type=pa.string()))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def from_arrow(table) -> dict[str, list[Any]]:
+    """An Arrow table as a dict of Python lists (what stages take)."""
+    return table.to_pydict()
+
+
+def write_part(table, directory: str | os.PathLike, prefix: str = "part") -> Path | None:
+    """Write one part file atomically (temp name, then rename). Empty tables write nothing."""
+    import pyarrow.parquet as pq
+
+    if table.num_rows == 0:
+        return None
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}.parquet"
+    tmp = directory / f".{name}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, directory / name)
+    return directory / name
+
+
+def part_files(directory: str | os.PathLike) -> list[Path]:
+    """Finished part files of a stage directory (temp files of a killed run are ignored)."""
+    d = Path(directory)
+    return sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.is_dir() else []
+
+
+def count_rows(directory: str | os.PathLike) -> int:
+    """Rows in a stage directory, from parquet metadata (reads no data)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in part_files(directory))
+
+
+def read_columns(directory: str | os.PathLike, columns: list[str] | tuple[str, ...]):
+    """Selected columns of every part file, as one Arrow table (column projection: no other data is read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = part_files(directory)
+    if not files:
+        return pa.table({c: pa.array([], type=C.arrow_types().get(c, pa.string())) for c in columns})
+    tables = [pq.read_table(p, columns=[c for c in columns if c in pq.read_schema(p).names]) for p in files]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def read_table(directory: str | os.PathLike):
+    """Every part file of a stage directory as one Arrow table (small outputs only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = part_files(directory)
+    if not files:
+        return pa.table({})
+    return pa.concat_tables([pq.read_table(p) for p in files], promote_options="default")
+
+
+def read_problem_table(directory: str | os.PathLike, columns: tuple[str, ...]):
+    """One row per problem (pandas), from sample-level rows that carry per-problem columns."""
+    table = read_columns(directory, columns).to_pandas()
+    return table.drop_duplicates(subset=[C.PROBLEM_ID]).reset_index(drop=True)

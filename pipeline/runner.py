@@ -1,0 +1,323 @@
+"""The runner: the only code that talks to Ray. Each stage's output lands in run_dir/NN_<stage>/ as parquet parts,
+with a ``_SUCCESS`` marker holding its fingerprint and counts. A rerun skips stages whose fingerprint matches and
+resumes a half-done map stage from the parts already written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import columns as C
+from pipeline import io
+from pipeline.config import ConfigError, RunConfig, config_json
+from pipeline.registry import stage_class
+from stages.base import RunContext, Stage
+
+log = logging.getLogger(__name__)
+
+CODE_VERSION = "0.1.0"
+MARKER = "_SUCCESS"
+STARTED = "_STARTED"
+
+
+class CountMismatch(RuntimeError):
+    """Rows in != kept + dropped + rejected after a stage."""
+
+
+@dataclass
+class StageResult:
+    """What one stage did, as written into its marker and stats.json."""
+
+    name: str
+    directory: str
+    fingerprint: str
+    status: str  # ran | resumed | skipped
+    rows_in: int = 0
+    rows_out: int = 0
+    rejected: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    kept: int | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """The whole run: per-stage results and where things are."""
+
+    run_dir: Path
+    stages: list[StageResult]
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def check_columns(cfg: RunConfig) -> None:
+    """Fail in a second, not an hour in: every stage's required columns must come from an earlier stage."""
+    available: set[str] = set()
+    for i, (name, _) in enumerate(cfg.stages):
+        stage = stage_class(name)
+        if i == 0 and stage.kind != "source":
+            raise ConfigError(f"stages.{name}: the first stage must be a source (e.g. source: {{kind: toyworld, n: 100}})")
+        if i > 0 and stage.kind == "source":
+            raise ConfigError(f"stages.{name}: a source can only be the first stage")
+        missing = [c for c in stage.requires if c not in available]
+        if missing:
+            raise ConfigError(
+                f"stages.{name}: needs column(s) {', '.join(missing)}, which no earlier stage adds; "
+                f"order the stages as source, sample, verify, difficulty, curate, export"
+            )
+        available |= set(stage.adds)
+
+
+def _code_hash(stage: type[Stage]) -> str:
+    h = hashlib.sha256(CODE_VERSION.encode())
+    for f in (*stage.code_files(), C.__file__, __file__):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_fingerprint(upstream: str, name: str, cfg, extra: str = "") -> str:
+    """Fingerprint of (upstream fingerprint, stage config without resources, code version, extra)."""
+    stage = stage_class(name)
+    body = json.loads(config_json(cfg))
+    body.pop("resources", None)  # where a stage runs does not change what it outputs
+    payload = json.dumps([upstream, name, body, _code_hash(stage), extra], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+class Runner:
+    """Runs a RunConfig; Ray starts only when a stage actually has work to do."""
+
+    def __init__(self, cfg: RunConfig, console=None) -> None:
+        from rich.console import Console
+
+        self.cfg = cfg
+        self.run_dir = cfg.resolved_run_dir
+        self.console = console or Console(stderr=True)
+        self.context = RunContext(run_dir=str(self.run_dir), seed=cfg.seed)
+        self._ray_ready = False
+
+    # -- Ray -----------------------------------------------------------------------------------------------
+    def _ensure_ray(self) -> None:
+        if self._ray_ready:
+            return
+        import ray
+
+        address = os.environ.get("RAY_ADDRESS") or self.cfg.ray.address
+        if not ray.is_initialized():
+            if address:
+                self.console.print(f"[bold]ray[/]: attaching to cluster at {address}")
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = self.cfg.ray.progress_bars
+        ctx.verbose_stats_logs = False
+        try:
+            ctx.print_on_execution_start = False
+        except AttributeError:
+            pass
+        self._ray_ready = True
+
+    # -- the run -------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        check_columns(self.cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_yaml_dict(), sort_keys=False))
+        upstream_fp, upstream_dir = "root", ""
+        results: list[StageResult] = []
+        for idx, (name, scfg) in enumerate(self.cfg.stages):
+            stage = stage_class(name)
+            out_dir = self.run_dir / f"{idx:02d}_{name}"
+            fp = stage_fingerprint(upstream_fp, name, scfg, self._extra_fingerprint(stage, scfg))
+            marker = out_dir / MARKER
+            if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
+                res = StageResult(**{**json.loads(marker.read_text())["result"], "status": "skipped", "seconds": 0.0})
+                self.console.print(f"[dim]{out_dir.name}: up to date, skipped[/]")
+            else:
+                res = self._run_stage(stage, scfg, out_dir, upstream_dir, fp)
+            results.append(res)
+            upstream_fp, upstream_dir = fp, str(out_dir)
+        self._write_stats(results)
+        outputs = {}
+        for r in results:
+            outputs.update(r.extra.get("outputs", {}))
+        return RunResult(self.run_dir, results, outputs)
+
+    def _extra_fingerprint(self, stage: type[Stage], scfg) -> str:
+        model = getattr(scfg, "model", None)
+        if stage.name == "sample" and model:
+            from pipeline.models import model_fingerprint, resolve_model
+
+            return model_fingerprint(resolve_model(model))
+        return ""
+
+    def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str) -> StageResult:
+        started = out_dir / STARTED
+        resumable = stage.kind == "map" and started.is_file() and started.read_text().strip() == fp
+        if not resumable:
+            for d in (out_dir, self._rejects_dir(out_dir)):
+                if d.exists():
+                    shutil.rmtree(d)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        started.write_text(fp)
+        status = "resumed" if resumable and io.part_files(out_dir) else "ran"
+        self.console.print(f"[bold cyan]{out_dir.name}[/]: {'resuming' if status == 'resumed' else 'running'} {stage.name}")
+        t0 = time.perf_counter()
+        extra: dict[str, Any] = {}
+        if stage.kind == "source":
+            self._run_source(stage, scfg, out_dir)
+        elif stage.kind == "sink":
+            extra = stage(scfg).write(upstream_dir, str(out_dir), self.context) or {}
+        else:
+            self._ensure_ray()
+            prepared = stage.prepare(scfg, upstream_dir, self.context)
+            self._run_distributed(stage, scfg, prepared, out_dir, upstream_dir)
+        seconds = time.perf_counter() - t0
+        res = self._account(stage, scfg, out_dir, upstream_dir, fp, status, seconds, extra)
+        (out_dir / MARKER).write_text(json.dumps({"fingerprint": fp, "result": res.__dict__}, indent=1, default=str))
+        started.unlink(missing_ok=True)
+        self.console.print(
+            f"  {res.rows_in} in -> {res.rows_out} out, {res.rejected} rejected"
+            + (f", {res.kept} kept, dropped {res.dropped}" if res.kept is not None else "")
+            + f" ({seconds:.1f}s)"
+        )
+        return res
+
+    def _rejects_dir(self, out_dir: Path) -> Path:
+        return self.run_dir / "rejects" / out_dir.name
+
+    def _split_rejects(self, table, out_dir: Path):
+        import pyarrow.compute as pc
+
+        if C.REJECT_REASON not in table.column_names:
+            return table
+        bad = pc.is_valid(table[C.REJECT_REASON])
+        if pc.any(bad).as_py():
+            io.write_part(table.filter(bad), self._rejects_dir(out_dir))
+            table = table.filter(pc.invert(bad))
+        return table.drop_columns([C.REJECT_REASON])
+
+    def _run_source(self, stage: type[Stage], scfg, out_dir: Path) -> None:
+        for batch in stage(scfg, seed=self.cfg.seed).read():
+            io.write_part(self._split_rejects(io.to_arrow(batch), out_dir), out_dir)
+
+    def _run_distributed(self, stage: type[Stage], scfg, prepared: dict, out_dir: Path, upstream_dir: str) -> None:
+        import ray
+
+        res = scfg.resources
+        ds = ray.data.read_parquet(upstream_dir)
+        if stage.kind == "map":
+            done = self._done_keys(stage, out_dir)
+            if done:
+                ds = ds.map_batches(_SkipDone, fn_constructor_kwargs={"key": stage.input_key, "done": done},
+                                    batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1))
+            ds = ds.map_batches(
+                _StageUDF, fn_constructor_kwargs={"stage": stage, "cfg": scfg, "prepared": prepared},
+                batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
+                compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+            )
+        else:  # group
+            ds = ds.groupby(stage.group_key).map_groups(
+                _StageUDF, fn_constructor_kwargs={"stage": stage, "cfg": scfg, "prepared": prepared},
+                batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
+                concurrency=res.concurrency,
+            )
+        # Each block is the output of whole input batches, so a part file never holds half a problem.
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            io.write_part(self._split_rejects(block, out_dir), out_dir)
+
+    def _done_keys(self, stage: type[Stage], out_dir: Path) -> list[tuple] | None:
+        if not io.part_files(out_dir) and not io.part_files(self._rejects_dir(out_dir)):
+            return None
+        keys = set()
+        for d in (out_dir, self._rejects_dir(out_dir)):
+            t = io.read_columns(d, stage.input_key)
+            if t.num_rows:
+                keys.update(zip(*(t[c].to_pylist() for c in stage.input_key)))
+        self.console.print(f"  {len(keys)} input rows already done; resuming the rest")
+        return sorted(keys)
+
+    # -- accounting ----------------------------------------------------------------------------------------
+    def _account(self, stage, scfg, out_dir, upstream_dir, fp, status, seconds, extra) -> StageResult:
+        rows_out = io.count_rows(out_dir)
+        rejected = io.count_rows(self._rejects_dir(out_dir))
+        rows_in = io.count_rows(upstream_dir) if upstream_dir else rows_out + rejected
+        res = StageResult(stage.name, str(out_dir), fp, status, rows_in, rows_out, rejected, seconds=seconds,
+                          extra=extra)
+        if stage.kind == "sink":
+            return res
+        if stage.kind == "map" and stage.input_key:
+            self._check_unique(stage, out_dir)
+        per_input = stage.rows_per_input(scfg)
+        if stage.kind == "source":
+            return res
+        if stage.name == "curate" or C.KEPT in stage.adds:
+            t = io.read_columns(out_dir, [C.KEPT, C.DROP_REASON]).to_pandas()
+            res.kept = int(t[C.KEPT].sum())
+            res.dropped = {str(k): int(v) for k, v in t.loc[~t[C.KEPT], C.DROP_REASON].value_counts().items()}
+            if res.kept + sum(res.dropped.values()) + rejected != rows_in:
+                raise CountMismatch(f"{stage.name}: {rows_in} rows in != {res.kept} kept + "
+                                    f"{sum(res.dropped.values())} dropped + {rejected} rejected")
+        expected = None
+        if per_input is not None and C.SAMPLE_IDX not in stage.requires and stage.name == "sample":
+            expected = None  # sample reconciles per problem below
+        if stage.name == "sample":
+            problems_out = io.read_columns(out_dir, [C.PROBLEM_ID]).to_pandas()[C.PROBLEM_ID].nunique()
+            rejected_problems = io.read_columns(self._rejects_dir(out_dir), [C.PROBLEM_ID]).to_pandas()[C.PROBLEM_ID].nunique() if rejected else 0
+            expected = (rows_in - rejected_problems) * per_input if per_input else None
+            if problems_out + rejected_problems != rows_in:
+                raise CountMismatch(f"sample: {rows_in} problems in != {problems_out} sampled + {rejected_problems} rejected")
+        elif per_input == 1:
+            expected = rows_in - rejected
+        if expected is not None and rows_out != expected:
+            raise CountMismatch(f"{stage.name}: expected {expected} rows out, found {rows_out}")
+        return res
+
+    def _check_unique(self, stage, out_dir: Path) -> None:
+        key = [C.PROBLEM_ID, C.SAMPLE_IDX] if stage.name in ("sample", "verify") else list(stage.input_key)
+        t = io.read_columns(out_dir, key).to_pandas()
+        dup = int(t.duplicated().sum())
+        if dup:
+            raise CountMismatch(f"{stage.name}: {dup} duplicate rows by {key} in {out_dir}")
+
+    def _write_stats(self, results: list[StageResult]) -> None:
+        stats = {"run_dir": str(self.run_dir), "stages": [r.__dict__ for r in results]}
+        (self.run_dir / "stats.json").write_text(json.dumps(stats, indent=1, default=str))
+
+
+class _StageUDF:
+    """Adapts a stage to Ray: Arrow in, plain dict batch to the stage, Arrow out."""
+
+    def __init__(self, stage: type[Stage], cfg, prepared: dict) -> None:
+        self.stage = stage(cfg, **prepared)
+
+    def __call__(self, table):
+        return io.to_arrow(self.stage(io.from_arrow(table)))
+
+
+class _SkipDone:
+    """Drops input rows whose outputs a killed run already wrote."""
+
+    def __init__(self, key: tuple[str, ...], done: list[tuple]) -> None:
+        self.key, self.done = key, set(map(tuple, done))
+
+    def __call__(self, table):
+        import pyarrow as pa
+
+        cols = [table[c].to_pylist() for c in self.key]
+        mask = [tuple(v) not in self.done for v in zip(*cols)]
+        return table.filter(pa.array(mask, type=pa.bool_()))
+
+
+def run(cfg: RunConfig, console=None) -> RunResult:
+    """Run a config end to end and return what each stage did."""
+    return Runner(cfg, console=console).run()

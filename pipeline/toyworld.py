@@ -1,0 +1,209 @@
+"""The toy world: a procedural arithmetic task family and its tiny tokenizer.
+
+A level-L problem is a chain of L operations evaluated left to right, with no operator precedence:
+
+    prompt:     "Compute 72+10-75+50-11.\\n"
+    completion: "72+10=82. 82-75=7. 7+50=57. 57-11=46. Answer: \\boxed{46}"
+
+The first operand and the operands of + and - are 1-99; the operand of * is 2-9. Every intermediate value stays in
+0 <= v < 100, because the operation and its operand are drawn again until the step lands in range. Chain length is the
+difficulty knob: one step is one skill, and a longer chain gives a small model more chances to slip.
+
+The tokenizer has 24 tokens: three specials, the words "Compute ", "Answer: " and "\\boxed{", and single characters.
+Digits are single tokens, so arithmetic is learnable by a tiny model. The model built on this task lives in
+`pipeline.toymodel`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+MIN_LEVEL = 1
+MAX_LEVEL = 6
+ALL_LEVELS = tuple(range(MIN_LEVEL, MAX_LEVEL + 1))
+VALUE_BOUND = 100  # every intermediate value v satisfies 0 <= v < VALUE_BOUND
+OPERATIONS = "+-*"
+
+PAD_TOKEN = "<pad>"
+EOS_TOKEN = "<eos>"
+UNK_TOKEN = "<unk>"
+SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)
+WORD_TOKENS = ("Compute ", "Answer: ", "\\boxed{")
+CHAR_TOKENS = tuple("0123456789") + tuple("+-*=. \n}")
+VOCABULARY = SPECIAL_TOKENS + WORD_TOKENS + CHAR_TOKENS
+
+# Draws allowed per requested problem before a level counts as exhausted (level 1 has only ~9,900 distinct problems).
+_DRAWS_PER_PROBLEM = 50
+_MIN_DRAWS_PER_LEVEL = 20_000
+
+
+def _apply(value: int, operation: str, operand: int) -> int:
+    if operation == "+":
+        return value + operand
+    if operation == "-":
+        return value - operand
+    return value * operand
+
+
+def _draw_chain(rng: random.Random, level: int) -> tuple[int, list[tuple[str, int]]]:
+    """Draws a start value and `level` (operation, operand) steps whose running values all stay in bounds."""
+    start = rng.randint(1, VALUE_BOUND - 1)
+    value = start
+    steps: list[tuple[str, int]] = []
+    while len(steps) < level:
+        operation = rng.choice(OPERATIONS)
+        operand = rng.randint(2, 9) if operation == "*" else rng.randint(1, VALUE_BOUND - 1)
+        result = _apply(value, operation, operand)
+        if 0 <= result < VALUE_BOUND:
+            steps.append((operation, operand))
+            value = result
+    return start, steps
+
+
+def _render(start: int, steps: list[tuple[str, int]], level: int) -> dict:
+    expression = str(start) + "".join(f"{operation}{operand}" for operation, operand in steps)
+    worked_steps = []
+    value = start
+    for operation, operand in steps:
+        result = _apply(value, operation, operand)
+        worked_steps.append(f"{value}{operation}{operand}={result}.")
+        value = result
+    return {
+        "problem": f"Compute {expression}.\n",
+        "answer": str(value),
+        "level": level,
+        "solution": " ".join(worked_steps) + f" Answer: \\boxed{{{value}}}",
+    }
+
+
+def _level_counts(n: int, levels: Sequence[int], level_weights: Sequence[float] | None) -> list[int]:
+    """Splits n over levels in proportion to the weights (largest remainder), so the split is exact and stable."""
+    weights = [1.0] * len(levels) if level_weights is None else [float(w) for w in level_weights]
+    if len(weights) != len(levels):
+        raise ValueError(
+            f"level_weights has {len(weights)} entries but levels has {len(levels)}; give one weight per level."
+        )
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"level_weights must be non-negative with a positive sum, got {list(weights)}.")
+    total = sum(weights)
+    exact = [n * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(levels)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _check_levels(levels: Sequence[int]) -> None:
+    bad = [level for level in levels if not isinstance(level, int) or not MIN_LEVEL <= level <= MAX_LEVEL]
+    if bad or not levels:
+        raise ValueError(f"levels must be integers in {MIN_LEVEL}..{MAX_LEVEL} (operations per chain), got {levels}.")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"levels must not repeat, got {levels}; use level_weights to weight a level more.")
+
+
+def make_problems(
+    n: int,
+    levels: Sequence[int] = ALL_LEVELS,
+    seed: int = 0,
+    level_weights: Sequence[float] | None = None,
+) -> list[dict]:
+    """Draws `n` distinct arithmetic-chain problems, deterministically for a given (n, levels, seed, weights).
+
+    Args:
+        n: number of problems.
+        levels: chain lengths to draw from (1-6 operations).
+        seed: random seed; the same arguments always give the same list.
+        level_weights: relative share of each level (aligned with `levels`); uniform if None. The split over levels is
+            exact (largest remainder), and the rows come out shuffled.
+
+    Returns:
+        Dicts with `problem` (the prompt, e.g. "Compute 72+10-75+50-11.\\n"), `answer` (the integer as a string),
+        `level` (int) and `solution` (the worked steps ending in " Answer: \\boxed{46}"). No problem appears twice.
+
+    Raises:
+        ValueError: a level cannot supply that many distinct problems (level 1 has about 9,900).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}.")
+    levels = tuple(levels)
+    _check_levels(levels)
+    rng = random.Random(f"toyworld-problems-{seed}")
+    rows: list[dict] = []
+    for level, count in zip(levels, _level_counts(n, levels, level_weights), strict=True):
+        seen: set[tuple[int, tuple]] = set()
+        draws_left = max(_MIN_DRAWS_PER_LEVEL, _DRAWS_PER_PROBLEM * count)
+        while len(seen) < count:
+            if draws_left == 0:
+                raise ValueError(
+                    f"Could draw only {len(seen)} distinct level-{level} problems of the {count} requested; "
+                    f"ask for fewer problems or give level {level} a smaller weight."
+                )
+            draws_left -= 1
+            start, steps = _draw_chain(rng, level)
+            key = (start, tuple(steps))
+            if key not in seen:
+                seen.add(key)
+                rows.append(_render(start, steps, level))
+    rng.shuffle(rows)
+    return rows
+
+
+def draw_training_problems(
+    n: int, levels: Sequence[int], level_weights: Sequence[float] | None, seed: int
+) -> list[dict]:
+    """Draws `n` independent problems, repeats allowed (fresh data for training, like an endless stream).
+
+    Unlike `make_problems`, repeats are kept: forcing distinct problems would distort the level-1 mix once its ~9,900
+    problems run short (multiplication has only 178 of them).
+    """
+    levels = tuple(levels)
+    _check_levels(levels)
+    rng = random.Random(f"toyworld-training-{seed}")
+    rows = []
+    for level, count in zip(levels, _level_counts(n, levels, level_weights), strict=True):
+        rows.extend(_render(*_draw_chain(rng, level), level) for _ in range(count))
+    rng.shuffle(rows)
+    return rows
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Builds the 24-token tokenizer: `<pad> <eos> <unk>` as special tokens, three words, and single characters.
+
+    Digits are split into single tokens. `<eos>` is a special token, so the text "<eos>" maps to one id (TRL appends
+    the eos token as a string). No chat template: prompts are plain text. Pads on the left, for generation.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(VOCABULARY)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    # The words first, then any single character ("." does not match the newline, so it is named).
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"Compute |Answer: |\\boxed\{|\n|."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side="left",
+        model_max_length=256,
+    )
+
+
+_MODEL_NAMES = ("ToyModelSpec", "TOY_MODELS", "ensure_toy_model", "toy_model_dir", "cache_root")
+
+
+def __getattr__(name: str):
+    # The model half lives in pipeline.toymodel (it imports this module); re-export it lazily for one import path.
+    if name in _MODEL_NAMES:
+        from pipeline import toymodel
+
+        return getattr(toymodel, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,221 @@
+"""source: problems from a procedural generator, local files, a local dataset directory or a hub dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline import columns as C
+from stages.base import Batch, Stage, StageConfig
+
+_GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+class SourceConfig(StageConfig):
+    """Where the problems come from."""
+
+    kind: Literal["toyworld", "reasoning_gym", "jsonl", "parquet", "disk", "hub"] = Field(
+        "toyworld",
+        description="toyworld: the built-in arithmetic-chain task; reasoning_gym: a reasoning-gym task; "
+        "jsonl/parquet: local files; disk: a directory written by datasets.save_to_disk; hub: a datasets hub id.",
+    )
+    path: str | None = Field(None, description="File, glob or directory (jsonl, parquet, disk), or hub id (hub).")
+    hub_config: str | None = Field(None, description="Hub dataset config name (hub), e.g. 'main' for openai/gsm8k.")
+    hub_split: str = Field("train", description="Split to read from a hub or disk dataset.")
+    task: str | None = Field(None, description="reasoning-gym task name, e.g. 'basic_arithmetic'.")
+    task_options: dict[str, Any] = Field(
+        default_factory=dict, description="reasoning-gym difficulty knobs passed to create_dataset."
+    )
+    n: int | None = Field(None, ge=1, description="Number of problems (generators: required; files: a limit).")
+    levels: tuple[int, ...] = Field((1, 2, 3, 4, 5, 6), description="toyworld: chain lengths to draw from.")
+    problem_field: str = Field("problem", description="Field holding the problem text in file/hub rows.")
+    answer_field: str = Field("answer", description="Field holding the reference answer in file/hub rows.")
+    level_field: str | None = Field(None, description="Field holding a difficulty level, if the data has one.")
+    answer_format: Literal["plain", "gsm8k"] = Field(
+        "plain", description="gsm8k: the reference is the text after '####' (as in GSM8K solutions)."
+    )
+    split: str = Field("train", description="Split name written into every row.")
+    seed: int | None = Field(None, description="Seed of generated problems (default: the run seed).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SourceConfig":
+        if self.kind in ("jsonl", "parquet", "disk", "hub") and not self.path:
+            raise ValueError(f"path is required when kind is {self.kind!r}")
+        if self.kind == "reasoning_gym" and not self.task:
+            raise ValueError("task is required when kind is 'reasoning_gym' (e.g. task: basic_arithmetic)")
+        if self.kind in ("toyworld", "reasoning_gym") and self.n is None:
+            raise ValueError(f"n (number of problems) is required when kind is {self.kind!r}")
+        return self
+
+
+def problem_id(source: str, problem: str) -> str:
+    """Stable id: a hash of the source name and the problem text."""
+    return hashlib.sha256(f"{source}\n{problem}".encode()).hexdigest()[:16]
+
+
+def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str) -> dict[str, Any]:
+    """One raw record -> a problem row, or a row with ``reject_reason`` set (never dropped)."""
+    problem = raw.get(cfg.problem_field)
+    answer = raw.get(cfg.answer_field)
+    reason = raw.get("__reject__")
+    if reason:
+        pass
+    elif problem is None:
+        reason = f"missing field {cfg.problem_field!r}"
+    elif not isinstance(problem, str):
+        reason = f"{cfg.problem_field!r} is {type(problem).__name__}, expected a string"
+    elif not problem.strip():
+        reason = f"{cfg.problem_field!r} is empty"
+    elif answer is None:
+        reason = f"missing field {cfg.answer_field!r}"
+    elif isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        reason = f"{cfg.answer_field!r} is {type(answer).__name__}, expected a string or a number"
+    else:
+        answer = str(answer)
+        if cfg.answer_format == "gsm8k":
+            m = _GSM8K_ANSWER.search(answer)
+            answer = m.group(1).replace(",", "").strip() if m else ""
+        if not answer.strip():
+            reason = f"{cfg.answer_field!r} is empty"
+    level = raw.get(cfg.level_field) if cfg.level_field else raw.get(C.LEVEL)
+    if level is not None and not isinstance(level, int):
+        try:
+            level = int(level)
+        except (TypeError, ValueError):
+            level = None
+    text = problem if isinstance(problem, str) else json.dumps(problem, default=str)[:1000]
+    metadata = raw.get(C.METADATA)
+    return {
+        C.PROBLEM_ID: problem_id(source, text),
+        C.PROBLEM: text,
+        C.ANSWER: answer if reason is None else (None if answer is None else str(answer)[:1000]),
+        C.SOURCE: source,
+        C.LEVEL: level,
+        C.SPLIT: cfg.split,
+        C.METADATA: metadata if isinstance(metadata, str) or metadata is None else json.dumps(metadata, default=str),
+        C.REJECT_REASON: reason,
+    }
+
+
+class SourceStage(Stage):
+    """Reads or generates problems; malformed rows come out with ``reject_reason`` for quarantine."""
+
+    name = "source"
+    kind = "source"
+    config_model = SourceConfig
+    adds = C.PROBLEM_COLUMNS
+
+    def __init__(self, cfg: SourceConfig, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.seed = cfg.seed if cfg.seed is not None else seed
+
+    def source_name(self) -> str:
+        cfg = self.cfg
+        if cfg.kind == "toyworld":
+            return "toyworld"
+        if cfg.kind == "reasoning_gym":
+            return f"reasoning_gym/{cfg.task}"
+        return f"{cfg.kind}:{cfg.path}"
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Raw records from the configured place."""
+        cfg = self.cfg
+        if cfg.kind == "toyworld":
+            from pipeline.toyworld import make_problems
+
+            for p in make_problems(cfg.n, levels=cfg.levels, seed=self.seed):
+                yield {"problem": p["problem"], "answer": p["answer"], "level": p["level"]}
+            return
+        if cfg.kind == "reasoning_gym":
+            import reasoning_gym
+
+            data = reasoning_gym.create_dataset(cfg.task, seed=self.seed, size=cfg.n, **cfg.task_options)
+            for entry in data:
+                meta = {"task": cfg.task, "entry": {k: entry[k] for k in ("question", "answer", "metadata")}}
+                level = entry.get("metadata", {}).get("difficulty", {}) if isinstance(entry, dict) else {}
+                yield {
+                    "problem": entry["question"],
+                    "answer": entry["answer"],
+                    "level": None,
+                    "metadata": json.dumps(meta, default=str),
+                    **({"difficulty": level} if level else {}),
+                }
+            return
+        yield from self._dataset_records()
+
+    def _dataset_records(self) -> Iterator[dict[str, Any]]:
+        import datasets
+
+        cfg = self.cfg
+        if cfg.kind == "jsonl":
+            yield from _read_jsonl(cfg.path, cfg.n)
+            return
+        if cfg.kind == "parquet":
+            ds = datasets.load_dataset("parquet", data_files=cfg.path, split="train")
+        elif cfg.kind == "disk":
+            ds = datasets.load_from_disk(cfg.path)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[cfg.hub_split]
+        else:  # hub: needs network access (or a warm local hub cache)
+            ds = datasets.load_dataset(cfg.path, cfg.hub_config, split=cfg.hub_split)
+        for i, rec in enumerate(ds):
+            if cfg.n is not None and i >= cfg.n:
+                break
+            yield rec
+
+    def read(self, batch_size: int = 1024) -> Iterator[Batch]:
+        """Problem rows in batches; malformed and duplicate rows carry ``reject_reason``."""
+        source = self.source_name()
+        seen: set[str] = set()
+        rows: list[dict[str, Any]] = []
+        for raw in self.records():
+            row = normalize_row(raw, self.cfg, source) if isinstance(raw, dict) else _not_a_record(raw, source, self.cfg)
+            if row[C.REJECT_REASON] is None:
+                if row[C.PROBLEM_ID] in seen:
+                    row[C.REJECT_REASON] = "duplicate problem (same source and text)"
+                seen.add(row[C.PROBLEM_ID])
+            rows.append(row)
+            if len(rows) >= batch_size:
+                yield _to_batch(rows)
+                rows = []
+        if rows:
+            yield _to_batch(rows)
+
+
+def _to_batch(rows: list[dict[str, Any]]) -> Batch:
+    names = (*C.PROBLEM_COLUMNS, C.REJECT_REASON)
+    return {c: [r.get(c) for r in rows] for c in names}
+
+
+def _not_a_record(raw: Any, source: str, cfg: SourceConfig) -> dict[str, Any]:
+    text = json.dumps(raw, default=str)[:1000]
+    return {
+        C.PROBLEM_ID: problem_id(source, text), C.PROBLEM: text, C.ANSWER: None, C.SOURCE: source,
+        C.LEVEL: None, C.SPLIT: cfg.split, C.METADATA: None,
+        C.REJECT_REASON: f"record is {type(raw).__name__}, expected an object",
+    }
+
+
+def _read_jsonl(path: str, limit: int | None) -> Iterator[Any]:
+    import glob
+
+    files = sorted(glob.glob(path)) or [path]
+    count = 0
+    for file in files:
+        with open(file, encoding="utf-8", errors="replace") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield {"problem": f"{file}:{lineno}: {line[:200]}", "answer": None,
+                           "__reject__": f"line {lineno} is not valid JSON: {e.msg}"}

@@ -1,0 +1,74 @@
+"""verify: a Verdict for every completion, from a named verifier (math-verify under a hard deadline by default)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from pipeline import columns as C
+from stages.base import Batch, Stage, StageConfig
+
+
+class VerifyConfig(StageConfig):
+    """Which verifier judges the completions."""
+
+    verifier: str = Field("math", description="Verifier name (math, numeric, exact, choice, reasoning_gym, ensemble).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options of the verifier (e.g. timeout_s).")
+
+    @field_validator("verifier")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from verifiers import VERIFIERS
+
+        if name not in VERIFIERS:
+            raise ValueError(f"unknown verifier {name!r}; valid verifiers: {', '.join(VERIFIERS)}")
+        return name
+
+
+class VerifyStage(Stage):
+    """Adds correct / extracted / verdict_reason / verifier (and member verdicts for ensembles)."""
+
+    name = "verify"
+    kind = "map"
+    config_model = VerifyConfig
+    requires = (C.COMPLETION, C.ANSWER, C.FINISH_REASON)
+    adds = C.VERIFY_COLUMNS
+    input_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
+
+    def __init__(self, cfg: VerifyConfig, **_: Any) -> None:
+        from verifiers import build_verifier
+
+        self.cfg = cfg
+        self.verifier = build_verifier(cfg.verifier, **cfg.options)
+
+    @classmethod
+    def code_files(cls) -> tuple[str, ...]:
+        import pathlib
+
+        import verifiers
+
+        pkg = pathlib.Path(verifiers.__file__).parent
+        return (__file__, *sorted(str(p) for p in pkg.glob("*.py")))
+
+    def __call__(self, batch: Batch) -> Batch:
+        references = [a if a is not None else "" for a in batch[C.ANSWER]]
+        if self.cfg.verifier == "reasoning_gym" and C.METADATA in batch:
+            references = [m or r for m, r in zip(batch[C.METADATA], references)]
+        truncated = [fr == "length" for fr in batch[C.FINISH_REASON]]
+        responses = [c if c is not None else "" for c in batch[C.COMPLETION]]
+        verdicts = self.verifier.batch(responses, references, truncated=truncated)
+        out = dict(batch)
+        errored = [fr == "error" for fr in batch[C.FINISH_REASON]]
+        out[C.CORRECT] = [bool(v.correct) and not e for v, e in zip(verdicts, errored)]
+        out[C.EXTRACTED] = [v.extracted for v in verdicts]
+        out[C.VERDICT_REASON] = ["error" if e else v.reason for v, e in zip(verdicts, errored)]
+        out[C.VERIFIER] = [v.verifier for v in verdicts]
+        out[C.VERIFY_MS] = [float(v.ms) for v in verdicts]
+        out[C.MEMBER_VERDICTS] = [
+            json.dumps([{"verifier": m.verifier, "correct": m.correct, "reason": m.reason, "extracted": m.extracted}
+                        for m in getattr(v, "members", ())]) if getattr(v, "members", ()) else None
+            for v in verdicts
+        ]
+        return out

@@ -1,0 +1,219 @@
+"""Find the final answer in a model response. Extraction is separate from comparison.
+
+Sources, tried in this order (the first that yields an answer wins):
+
+1. ``boxed``: the last ``\\boxed{...}`` or ``\\fbox{...}`` that closes, nested braces included (an unclosed one, as
+   in a completion cut at max_tokens, is skipped);
+2. ``tag``: the last ``<answer>...</answer>``;
+3. ``hash`` / ``answer_is``: the later of the last ``#### N`` line and the last "the (final) answer is ..." /
+   "Answer: ..." phrase, up to the end of its sentence or line;
+4. ``bold``: a short ``**...**`` span on the last non-empty line ("Thus the total is **73**.");
+5. ``bare``: the whole response when it is one short line ("72", "x = 5", "(B)");
+6. ``last_number``: the last number in the response; only when asked for (it turns intermediate results into
+   false positives).
+
+Markdown emphasis is stripped from the answer (``**73**`` gives ``73``). Every scan is linear in the response
+length and bounded by ``MAX_ANSWER_CHARS``, so a multi-megabyte or adversarial response costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+#: An answer longer than this many characters is not an answer (also bounds every scan).
+MAX_ANSWER_CHARS = 2000
+#: How many ``\boxed`` openings, from the end, are tried before giving up on boxed answers.
+MAX_BOXED_TRIES = 32
+#: A response this short, on one line, with few words, is its own answer ("bare").
+BARE_MAX_CHARS = 64
+BARE_MAX_WORDS = 6
+
+Source = Literal["boxed", "tag", "hash", "answer_is", "bold", "bare", "last_number"]
+
+_BOXED_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b")
+_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.S)
+_HASH = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_IS = re.compile(
+    r"\banswer\b[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|:|=)[ \t]*(?:[*_]{1,2}[ \t]*)?:?", re.IGNORECASE
+)
+_BOLD = re.compile(r"\*\*([^*\n]{1,100})\*\*")
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_LEADING_SPACE = re.compile(r"\s*")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """An answer found in a response: its text (markdown stripped) and where it came from."""
+
+    text: str
+    source: Source
+
+
+def clean_text(text: str) -> str:
+    """Drop NUL characters and replace lone surrogates, so every later step sees valid text."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", errors="replace").decode("utf-8")
+    return text
+
+
+def extract_answer(text: str, *, last_number_fallback: bool = False) -> Extraction | None:
+    """Return the final answer of ``text`` (see the module docstring for the sources), or None."""
+    text = clean_text(text)
+    boxed = last_boxed(text)
+    if boxed is not None and boxed.strip():
+        return Extraction(strip_markdown(boxed), "boxed")
+    tagged = last_tag(text, "answer")
+    if tagged:
+        return Extraction(tagged, "tag")
+    anchored = _last_anchored(text)
+    if anchored is not None:
+        return anchored
+    bold = _bold_on_last_line(text)
+    if bold:
+        return Extraction(bold, "bold")
+    bare = _bare(text)
+    if bare:
+        return Extraction(bare, "bare")
+    if last_number_fallback:
+        number = last_number(text)
+        if number is not None:
+            return Extraction(number, "last_number")
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}``/``\\fbox{...}`` that closes within ``MAX_ANSWER_CHARS``, or None."""
+    end = len(text)
+    for _ in range(MAX_BOXED_TRIES):
+        position = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        if position < 0:
+            return None
+        opening = _BOXED_OPEN.match(text, position)
+        if opening is not None:
+            content = _braced_content(text, opening.end())
+            if content is not None:
+                return content
+        end = position
+    return None
+
+
+def _braced_content(text: str, start: int) -> str | None:
+    """Text from ``start`` (just after an opening brace) to its matching closing brace; escaped braces skipped."""
+    depth = 1
+    stop = min(len(text), start + MAX_ANSWER_CHARS)
+    for token in _BRACE_TOKEN.finditer(text, start, stop):
+        char = token.group()
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start : token.start()]
+    return None
+
+
+def last_tag(text: str, tag: str) -> str | None:
+    """Content of the last ``<tag>...</tag>`` (markdown stripped), or None."""
+    close = text.rfind(f"</{tag}>")
+    if close < 0:
+        return None
+    opening = text.rfind(f"<{tag}>", max(0, close - MAX_ANSWER_CHARS), close)
+    if opening < 0:
+        return None
+    content = strip_markdown(text[opening + len(tag) + 2 : close])
+    return content or None
+
+
+def _last_anchored(text: str) -> Extraction | None:
+    """The later of the last ``####`` line and the last "answer is"/"Answer:" phrase, if it has content.
+
+    A span holding ``\\boxed`` is skipped: that box never closed, or the boxed source would have answered.
+    """
+    candidates: list[tuple[int, Extraction]] = []
+    hash_match = _last_match(_HASH, text)
+    if hash_match is not None:
+        span = strip_markdown(_sentence(hash_match.group(1)))
+        if span and not _BOX_COMMAND.search(span):
+            candidates.append((hash_match.start(), Extraction(span, "hash")))
+    answer_match = _last_match(_ANSWER_IS, text)
+    if answer_match is not None:
+        span = strip_markdown(_span_after(text, answer_match.end()))
+        if span and not _BOX_COMMAND.search(span):
+            candidates.append((answer_match.start(), Extraction(span, "answer_is")))
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: c[0])[1]
+
+
+def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    last = None
+    for last in pattern.finditer(text):  # noqa: B007 - we want the last one
+        pass
+    return last
+
+
+def _span_after(text: str, position: int) -> str:
+    """The answer text after an anchor: skips blank space (the answer may be on the next line), ends at the line
+    or sentence end."""
+    position = _LEADING_SPACE.match(text, position, min(len(text), position + MAX_ANSWER_CHARS)).end()  # type: ignore[union-attr]
+    stop = min(len(text), position + MAX_ANSWER_CHARS)
+    newline = text.find("\n", position, stop)
+    return _sentence(text[position : stop if newline < 0 else newline])
+
+
+def _sentence(line: str) -> str:
+    """Cut ``line`` at the first sentence end (". ", "! ", "? " or a final period) outside ``$...$`` math."""
+    for end in _SENTENCE_END.finditer(line):
+        if line.count("$", 0, end.start()) % 2 == 0:
+            return line[: end.start()]
+    return line
+
+
+def strip_markdown(span: str) -> str:
+    """Remove markdown emphasis and surrounding punctuation: ``**73**.`` gives ``73``."""
+    span = span.replace("**", "").replace("__", "")
+    span = span.strip().strip("*_`").strip()
+    while span and span[-1] in ".,;:!":
+        span = span[:-1].rstrip()
+    while span and span[0] in ":=":
+        span = span[1:].lstrip()
+    return span
+
+
+def _bold_on_last_line(text: str) -> str | None:
+    stripped = text.rstrip()
+    line = stripped[stripped.rfind("\n") + 1 :]
+    if len(line) > MAX_ANSWER_CHARS:
+        return None
+    match = _last_match(_BOLD, line)
+    if match is None:
+        return None
+    inner = strip_markdown(match.group(1))
+    if not inner or match.group(1).rstrip().endswith(":"):  # a heading such as **Step 2:**
+        return None
+    if any(c.isdigit() for c in inner) or "\\" in inner or len(inner) <= 3:
+        return inner
+    return None
+
+
+def _bare(text: str) -> str | None:
+    stripped = text.strip()
+    if not stripped or len(stripped) > BARE_MAX_CHARS or "\n" in stripped:
+        return None
+    if len(stripped.split()) > BARE_MAX_WORDS or _ANSWER_IS.search(stripped) or _BOX_COMMAND.search(stripped):
+        return None  # too long to be an answer, or an anchor or box with nothing after it
+    return strip_markdown(stripped) or None
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text`` (thousands separators removed), or None."""
+    match = _last_match(_NUMBER, text)
+    return None if match is None else match.group().replace(",", "")

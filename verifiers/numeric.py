@@ -1,0 +1,83 @@
+"""``numeric``: the final answer as a number (GSM8K-style), compared exactly or within a tolerance.
+
+Reads integers, decimals and simple fractions (``3/4``, ``\\frac{3}{4}``); strips thousands separators, currency
+signs, percent signs, LaTeX text wrappers and unit words (``$1,000.50``, ``75%``, ``18 dollars``). When the answer
+is a chain ("2 + 3 = 5"), the part after the last ``=`` counts. Pure Python and linear-time, so it runs in the
+calling process by default (``workers=0``).
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from pydantic import Field
+
+from verifiers.base import Verdict, Verifier, VerifierOptions
+from verifiers.extract import clean_text, extract_answer
+
+#: Longer digit strings are not answers (and would cost quadratic time to convert).
+MAX_DIGITS = 100
+
+_LATEX_FRACTION = re.compile(r"(?P<sign>[-\u2212]?)\s*\\[dt]?frac\s*\{\s*(?P<num>\d+)\s*\}\s*\{\s*(?P<den>\d+)\s*\}")
+_SLASH_FRACTION = re.compile(r"(?<![\d.])(?P<sign>[-\u2212]?)(?P<num>\d+)\s*/\s*(?P<den>\d+)(?![\d.])")
+_NUMBER = re.compile(r"(?P<sign>[-\u2212]?)\s*(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
+_LATEX_SPACING = re.compile(r"\\[,;:! ]|\{,\}")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}")
+
+
+class NumericOptions(VerifierOptions):
+    """Options of the ``numeric`` verifier."""
+
+    rel_tol: float = Field(
+        0.0, ge=0, description="Relative tolerance: |a - b| <= rel_tol * max(|a|, |b|) counts as equal."
+    )
+    abs_tol: float = Field(0.0, ge=0, description="Absolute tolerance: |a - b| <= abs_tol counts as equal.")
+
+
+class NumericVerifier(Verifier):
+    """Numbers compared exactly (as fractions) or within ``rel_tol``/``abs_tol``."""
+
+    name = "numeric"
+    Options = NumericOptions
+
+    def check(self, response: str, reference: str) -> Verdict:
+        """Verify one response against a numeric reference."""
+        expected = parse_number(clean_text(reference))
+        if expected is None:
+            return self._verdict(False, None, "error")  # the reference is not a number: wrong verifier or bad data
+        extraction = extract_answer(response, last_number_fallback=self.options.last_number_fallback)
+        if extraction is None:
+            return self._verdict(False, None, "no_answer")
+        value = parse_number(extraction.text)
+        correct = value is not None and self._close(value, expected)
+        return self._verdict(correct, extraction.text, "ok" if correct else "mismatch")
+
+    def _close(self, a: Fraction, b: Fraction) -> bool:
+        difference = abs(a - b)
+        if difference == 0:
+            return True
+        rel_tol = Fraction(self.options.rel_tol)
+        return difference <= rel_tol * max(abs(a), abs(b)) or difference <= Fraction(self.options.abs_tol)
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The number an answer states, or None: ``"$1,000.50"`` -> 2001/2, ``"75%"`` -> 75, ``"2+3=5"`` -> 5."""
+    text = _TEXT_WRAPPER.sub(r"\1", _LATEX_SPACING.sub("", text))
+    if "=" in text:
+        text = text.rsplit("=", 1)[1]
+    for pattern in (_LATEX_FRACTION, _SLASH_FRACTION):
+        match = pattern.search(text)
+        if match is not None:
+            if len(match["num"]) > MAX_DIGITS or len(match["den"]) > MAX_DIGITS or int(match["den"]) == 0:
+                return None
+            value = Fraction(int(match["num"]), int(match["den"]))
+            return -value if match["sign"] else value
+    match = _NUMBER.search(text)
+    if match is None:
+        return None
+    digits = match["digits"].replace(",", "")
+    if len(digits) > MAX_DIGITS:
+        return None
+    value = Fraction(digits)
+    return -value if match["sign"] else value

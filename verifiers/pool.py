@@ -1,0 +1,342 @@
+"""Worker processes with a hard per-item deadline, usable from any thread and inside Ray tasks and actors.
+
+Why not signals: math-verify's own timeouts use ``signal.alarm``, which works only on the main thread of the main
+interpreter and cannot stop C code (a huge integer power, a deep ANTLR recursion). Here every item runs in a worker
+process; a worker still busy at the item's deadline is killed with SIGKILL and replaced, and the item gets reason
+``timeout``. Workers run with an address-space cap (RLIMIT_AS), so an item that would eat the machine fails with
+``error`` instead.
+
+Layout: the pool starts one single-threaded *template* process (``python -m verifiers.pool``) that imports the
+verifier's heavy modules and warms them once, then forks workers on request and hands each worker's socket back
+over a Unix socket (SCM_RIGHTS). A killed worker is replaced in milliseconds by a fork of the warm template,
+instead of a fresh interpreter that imports sympy again. The parent itself never forks, which keeps it safe in
+multi-threaded processes (Ray workers, thread pools). Linux and other POSIX systems only.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import resource
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+#: Seconds allowed for the template process to import and warm the verifier (not part of any item's deadline).
+STARTUP_TIMEOUT_S = 120.0
+
+_FORK, _KILL = b"F", b"K"
+_READY = b"R"
+
+
+@dataclass
+class _Worker:
+    pid: int
+    conn: Connection
+    template: int  # which template process forked it (a new template cannot kill an older one's workers)
+    reference: str | None = None  # the reference of the last item, for routing items of the same problem here
+    item: int = -1
+    started: float = 0.0
+
+
+@dataclass
+class _PoolState:
+    """Everything the finalizer needs, kept apart from the pool so that the finalizer holds no reference to it."""
+
+    template: subprocess.Popen | None = None
+    channel: socket.socket | None = None
+    generation: int = 0
+    workers: list[_Worker] = field(default_factory=list)
+
+
+def _shutdown(state: _PoolState) -> None:
+    for worker in state.workers:
+        worker.conn.close()
+    state.workers.clear()
+    if state.channel is not None:
+        state.channel.close()  # the template sees EOF, kills and reaps its workers, and exits
+        state.channel = None
+    if state.template is not None:
+        try:
+            state.template.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            state.template.kill()
+            state.template.wait()
+        state.template = None
+
+
+class WorkerPool:
+    """A fixed number of worker processes running ``verifier.check`` with a hard per-item deadline.
+
+    Args:
+        verifier: A picklable object with ``_ensure_prepared()`` and ``safe_check(response, reference)``.
+        size: Number of worker processes.
+        timeout_s: Deadline per item, counted from the moment the item is handed to a warm worker.
+        memory_mb: Address-space cap of each worker.
+    """
+
+    def __init__(self, verifier: Any, size: int, timeout_s: float, memory_mb: int) -> None:
+        self._payload = pickle.dumps((verifier, memory_mb))
+        self.size = size
+        self.timeout_s = timeout_s
+        self._owner_pid = os.getpid()
+        self._lock = threading.Lock()  # one batch at a time; concurrent callers wait their turn
+        self._state = _PoolState()
+        self._finalizer = weakref.finalize(self, _shutdown, self._state)
+
+    def usable(self) -> bool:
+        """False after ``close`` and in a forked child (whose inherited sockets belong to the parent's pool)."""
+        return self._owner_pid == os.getpid() and self._finalizer.alive
+
+    def close(self) -> None:
+        """Stop the workers and the template process (after a batch in flight, if any)."""
+        with self._lock:
+            self._finalizer()
+
+    # -- running items ---------------------------------------------------------------------------------------
+    def run(self, items: Sequence[tuple[str, str]]) -> list[tuple[Any, str, float]]:
+        """Check ``(response, reference)`` items; return ``(verdict, "", ms)`` or ``(None, "timeout"|"error", ms)``.
+
+        Thread-safe: concurrent calls run one after the other.
+        """
+        with self._lock:
+            return self._run(items)
+
+    def _run(self, items: Sequence[tuple[str, str]]) -> list[tuple[Any, str, float]]:
+        self._ensure_workers()
+        results: list[tuple[Any, str, float] | None] = [None] * len(items)
+        queue = _AffinityQueue([reference for _, reference in items])
+        idle = list(self._state.workers)
+        busy: dict[Connection, _Worker] = {}
+
+        while queue or busy:
+            while idle and queue:
+                worker = idle.pop()
+                index = queue.take(worker.reference)
+                response, reference = items[index]
+                worker.reference, worker.item, worker.started = reference, index, time.monotonic()
+                try:
+                    worker.conn.send((index, response, reference))
+                except OSError:  # the worker died while idle: the item is its victim, not its cause
+                    results[index] = (None, "error", _ms_since(worker.started))
+                    idle.append(self._replace(worker))
+                    continue
+                busy[worker.conn] = worker
+            if not busy:
+                continue
+            deadline = min(w.started for w in busy.values()) + self.timeout_s
+            for conn in wait(list(busy), timeout=max(0.0, deadline - time.monotonic())):
+                worker = busy.pop(conn)  # type: ignore[arg-type]
+                try:
+                    index, verdict = conn.recv()
+                except (EOFError, OSError):  # crashed (for example killed by the kernel's OOM killer)
+                    results[worker.item] = (None, "error", _ms_since(worker.started))
+                    idle.append(self._replace(worker))
+                    continue
+                results[index] = (verdict, "", _ms_since(worker.started))
+                idle.append(worker)
+            now = time.monotonic()
+            for conn, worker in list(busy.items()):
+                if now - worker.started >= self.timeout_s:
+                    del busy[conn]
+                    results[worker.item] = (None, "timeout", _ms_since(worker.started))
+                    idle.append(self._replace(worker))
+        return results  # type: ignore[return-value]
+
+    # -- process management ----------------------------------------------------------------------------------
+    def _ensure_workers(self) -> None:
+        if not self.usable():
+            raise RuntimeError("this worker pool was closed or belongs to another process; build a new verifier")
+        state = self._state
+        if state.template is None or state.template.poll() is not None:
+            self._start_template()
+        while len(state.workers) < self.size:
+            state.workers.append(self._fork())
+
+    def _start_template(self) -> None:
+        state = self._state
+        if state.channel is not None:
+            state.channel.close()
+        state.generation += 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ)
+        # The template must import this package and whatever the verifier's pickle refers to, from where we do.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_root(), *sys.path] if p)
+        with theirs:
+            template = subprocess.Popen(
+                [sys.executable, "-m", "verifiers.pool", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # a Ctrl-C meant for the caller reaches it through the closed socket
+            )
+        assert template.stdin is not None
+        try:
+            template.stdin.write(self._payload)
+            template.stdin.close()
+        except OSError:
+            pass  # it died at start; reported below
+        state.template, state.channel = template, ours
+        ours.settimeout(STARTUP_TIMEOUT_S)
+        try:
+            ready = ours.recv(16)
+        except (TimeoutError, OSError):
+            ready = b""
+        ours.settimeout(None)
+        if ready != _READY:
+            _shutdown(state)
+            raise RuntimeError(
+                "the verifier's worker template process failed to start (see its traceback above); check that the "
+                f"verifier's dependencies import in {sys.executable}"
+            )
+
+    def _fork(self) -> _Worker:
+        channel = self._state.channel
+        assert channel is not None
+        for attempt in range(2):
+            try:
+                channel.send(_FORK)
+                message, fds, _, _ = socket.recv_fds(channel, 16, 1)
+                if len(message) == 8 and len(fds) == 1:
+                    (pid,) = struct.unpack("q", message)
+                    return _Worker(pid=pid, template=self._state.generation, conn=Connection(fds[0]))
+            except OSError:
+                pass
+            if attempt == 0:  # the template itself died: start a new one and try once more
+                self._start_template()
+                channel = self._state.channel
+                assert channel is not None
+        raise RuntimeError("could not start a verifier worker process")
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        state = self._state
+        worker.conn.close()
+        if worker in state.workers:
+            state.workers.remove(worker)
+        try:
+            if worker.template != state.generation or state.channel is None:
+                raise OSError("forked by an earlier template")
+            # The template kills and reaps it; until the template reaps it, the pid cannot be reused.
+            state.channel.send(_KILL + struct.pack("q", worker.pid))
+            state.channel.recv(16)
+        except OSError:
+            try:  # its template is gone: kill the orphan directly
+                os.kill(worker.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        fresh = self._fork()
+        state.workers.append(fresh)
+        return fresh
+
+
+class _AffinityQueue:
+    """Item indices grouped by reference; a worker keeps taking items of the reference it already holds."""
+
+    def __init__(self, references: Sequence[str]) -> None:
+        self._groups: dict[str, collections.deque[int]] = {}
+        for index, reference in enumerate(references):
+            self._groups.setdefault(reference, collections.deque()).append(index)
+        self._left = len(references)
+
+    def __bool__(self) -> bool:
+        return self._left > 0
+
+    def take(self, reference: str | None) -> int:
+        group = self._groups.get(reference) if reference is not None else None
+        if not group:
+            # Start the largest group left: fewer switches, and its reference gets parsed by fewer workers.
+            reference = max(self._groups, key=lambda r: len(self._groups[r]))
+            group = self._groups[reference]
+        index = group.popleft()
+        if not group:
+            del self._groups[reference]
+        self._left -= 1
+        return index
+
+
+def _ms_since(started: float) -> float:
+    return (time.monotonic() - started) * 1e3
+
+
+def _package_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- the template process and its workers -------------------------------------------------------------------
+def _template_main(fd: int) -> None:
+    channel = socket.socket(fileno=fd)
+    verifier, memory_mb = pickle.loads(sys.stdin.buffer.read())
+    verifier._ensure_prepared()
+    channel.send(_READY)
+    children: set[int] = set()
+    while True:
+        try:
+            request = channel.recv(16)
+        except OSError:
+            request = b""
+        if not request:
+            break
+        if request[:1] == _FORK:
+            ours, theirs = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                channel.close()
+                ours.close()
+                _worker_main(verifier, Connection(theirs.detach()), memory_mb)
+            theirs.close()
+            children.add(pid)
+            socket.send_fds(channel, [struct.pack("q", pid)], [ours.fileno()])
+            ours.close()
+        elif request[:1] == _KILL:
+            (pid,) = struct.unpack("q", request[1:9])
+            if pid in children:
+                children.discard(pid)
+                _kill_and_reap(pid)
+            channel.send(b"k")
+    for pid in children:
+        _kill_and_reap(pid)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _worker_main(verifier: Any, conn: Connection, memory_mb: int) -> None:
+    try:
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ValueError, OSError):
+        pass  # a lower hard limit is already in place
+    while True:
+        try:
+            index, response, reference = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        verdict = verifier.safe_check(response, reference)
+        try:
+            conn.send((index, verdict))
+        except (OSError, pickle.PicklingError):
+            os._exit(1)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _template_main(int(sys.argv[1]))
+    os._exit(0)

@@ -1,6 +1,6 @@
 """The runner: the only code that talks to Ray. Each stage's output lands in run_dir/NN_<stage>/ as parquet parts,
 with a ``_SUCCESS`` marker holding its fingerprint and counts. A rerun skips stages whose fingerprint matches and
-resumes a half-done map stage from the parts already written."""
+resumes a half-done map stage from the parts already written (input rows whose outputs exist are skipped)."""
 
 from __future__ import annotations
 
@@ -215,26 +215,17 @@ class Runner:
 
         res = scfg.resources
         ds = ray.data.read_parquet(upstream_dir)
-        if stage.kind == "map":
-            done = self._done_keys(stage, out_dir)
-            if done:
-                ds = ds.map_batches(_SkipDone, fn_constructor_kwargs={"key": stage.input_key, "done": done},
-                                    batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1))
-            ds = ds.map_batches(
-                _StageUDF, fn_constructor_kwargs={"stage": stage, "cfg": scfg, "prepared": prepared},
-                batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
-                compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-            )
-        else:  # group
-            ds = ds.groupby(stage.group_key).map_groups(
-                _StageUDF, fn_constructor_kwargs={"stage": stage, "cfg": scfg, "prepared": prepared},
-                batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
-                concurrency=res.concurrency,
-            )
+        done = self._done_keys(stage, out_dir)
+        if done:
+            ds = ds.map_batches(_skip_done, fn_kwargs={"key": stage.input_key, "done": done}, batch_format="pyarrow")
+        ds = ds.map_batches(
+            _StageUDF, fn_constructor_kwargs={"stage": stage, "cfg": scfg, "prepared": prepared},
+            batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
+            compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+        )
         # Each block is the output of whole input batches, so a part file never holds half a problem.
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             io.write_part(self._split_rejects(block, out_dir), out_dir)
-
     def _done_keys(self, stage: type[Stage], out_dir: Path) -> list[tuple] | None:
         if not io.part_files(out_dir) and not io.part_files(self._rejects_dir(out_dir)):
             return None
@@ -254,6 +245,7 @@ class Runner:
         res = StageResult(stage.name, str(out_dir), fp, status, rows_in, rows_out, rejected, seconds=seconds,
                           extra=extra)
         if stage.kind == "sink":
+            res.rows_out = int(extra.get("rows", 0))
             return res
         if stage.kind == "map" and stage.input_key:
             self._check_unique(stage, out_dir)
@@ -304,18 +296,13 @@ class _StageUDF:
         return io.to_arrow(self.stage(io.from_arrow(table)))
 
 
-class _SkipDone:
+def _skip_done(table, key: tuple[str, ...], done: list[tuple]):
     """Drops input rows whose outputs a killed run already wrote."""
+    import pyarrow as pa
 
-    def __init__(self, key: tuple[str, ...], done: list[tuple]) -> None:
-        self.key, self.done = key, set(map(tuple, done))
-
-    def __call__(self, table):
-        import pyarrow as pa
-
-        cols = [table[c].to_pylist() for c in self.key]
-        mask = [tuple(v) not in self.done for v in zip(*cols)]
-        return table.filter(pa.array(mask, type=pa.bool_()))
+    done_set = set(map(tuple, done))
+    mask = [tuple(v) not in done_set for v in zip(*(table[c].to_pylist() for c in key))]
+    return table.filter(pa.array(mask, type=pa.bool_()))
 
 
 def run(cfg: RunConfig, console=None) -> RunResult:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from pipeline.config import RunConfig
+import hashlib
+import json
+from pathlib import Path
+
+from pipeline.config import ConfigError, RunConfig, config_json
+
+FINETUNE_DIR = "finetune"
+EVALUATE_DIR = "evaluate"
+MARKER = "_SUCCESS"
 
 
 def run_all(cfg: RunConfig, console=None) -> int:
@@ -13,6 +21,10 @@ def run_all(cfg: RunConfig, console=None) -> int:
     from pipeline.runner import run
 
     console = console or Console(stderr=True)
+    if cfg.evaluate is not None and cfg.finetune is None and not cfg.evaluate.model:
+        raise ConfigError("evaluate: nothing to evaluate; add a finetune block or set evaluate.model")
+    if cfg.finetune is not None and not any(name == "export" for name, _ in cfg.stages):
+        raise ConfigError("finetune: needs the export stage's dataset; add `export: {}` at the end of stages")
     result = run(cfg, console=console)
     table = Table(title=f"lessmore run: {result.run_dir}")
     for col in ("stage", "status", "rows in", "rows out", "rejected", "kept", "dropped", "seconds"):
@@ -24,4 +36,116 @@ def run_all(cfg: RunConfig, console=None) -> int:
     console.print(table)
     if "dataset" in result.outputs:
         print(f"dataset: {result.outputs['dataset']}")
+    model_dir = None
+    if cfg.finetune is not None:
+        model_dir = _finetune_step(cfg, result, console)
+        print(f"model: {model_dir}")
+    if cfg.evaluate is not None:
+        metrics_path = _evaluate_step(cfg, result, model_dir, console)
+        print(f"metrics: {metrics_path}")
     return 0
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _up_to_date(directory: Path, fingerprint: str) -> bool:
+    marker = directory / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+
+
+def _code_hash(module_file: str) -> str:
+    return hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:16]
+
+
+def _training_rows(result):
+    import datasets
+
+    if "dataset" not in result.outputs:
+        raise ConfigError("finetune: the run wrote no dataset; add `export: {}` at the end of stages")
+    data = datasets.load_from_disk(result.outputs["dataset"])
+    return data["train"] if isinstance(data, datasets.DatasetDict) else data
+
+
+def _finetune_step(cfg: RunConfig, result, console) -> Path:
+    from pipeline import finetune as ft
+    from pipeline.models import model_fingerprint, resolve_model
+
+    out_dir = result.run_dir / FINETUNE_DIR
+    export = next(r for r in result.stages if r.name == "export")
+    student_path = resolve_model(cfg.finetune.student)
+    fp = _fingerprint(export.fingerprint, config_json(cfg.finetune), cfg.seed, model_fingerprint(student_path),
+                      config_json(cfg.stage("sample")) if cfg.stage("sample") else None, _code_hash(ft.__file__))
+    if _up_to_date(out_dir, fp):
+        console.print(f"[dim]{FINETUNE_DIR}: up to date, skipped[/]")
+        return out_dir / "model"
+    (out_dir / MARKER).unlink(missing_ok=True)
+    rows = _training_rows(result)
+    fc = cfg.finetune
+    console.print(f"[bold cyan]{FINETUNE_DIR}[/]: {fc.student} on {len(rows)} rows, "
+                  f"{ft.planned_steps(fc, len(rows))} steps x {fc.batch_size} ({fc.num_workers} worker(s))")
+    model_dir = ft.finetune(fc, rows, out_dir, seed=cfg.seed, prompt_cfg=cfg.stage("sample"))
+    stats = ft.read_train_stats(out_dir)
+    console.print(f"  loss {stats['first_logged_loss']:.3f} -> {stats['last_logged_loss']:.3f}, "
+                  f"{stats['optimizer_steps']} steps, {stats['epochs_seen']:.1f} epochs ({stats['wall_seconds']:.1f}s)")
+    (out_dir / MARKER).write_text(json.dumps({"fingerprint": fp, "stats": stats}, indent=1))
+    return model_dir
+
+
+def _pool_problems(result) -> tuple[set[str], set[str]]:
+    """Problem ids and texts of the pool (the source stage's output), to keep held-out problems disjoint."""
+    from pipeline import columns as C
+    from pipeline import io
+
+    source = result.stages[0]
+    table = io.read_columns(source.directory, [C.PROBLEM_ID, C.PROBLEM])
+    return set(table[C.PROBLEM_ID].to_pylist()), set(table[C.PROBLEM].to_pylist())
+
+
+def _evaluate_step(cfg: RunConfig, result, model_dir: Path | None, console) -> Path:
+    from pipeline import evaluate as ev
+    from pipeline.models import model_fingerprint, resolve_model
+
+    ec = cfg.evaluate
+    out_dir = result.run_dir / EVALUATE_DIR
+    models: dict[str, tuple[str, str]] = {}
+    gguf: dict[str, str | None] = {}
+    if cfg.finetune is not None:
+        if ec.compare_base:
+            models["base"] = (cfg.finetune.student, resolve_model(cfg.finetune.student))
+            gguf["base"] = cfg.finetune.gguf_file
+        models["finetuned"] = (str(model_dir), str(model_dir))
+    if ec.model:
+        models[ec.model if ec.model not in models else "model"] = (ec.model, resolve_model(ec.model))
+    sample_cfg, verify_cfg = cfg.stage("sample"), cfg.stage("verify")
+    fp = _fingerprint(config_json(ec), cfg.seed, {k: model_fingerprint(p) for k, (_, p) in models.items()},
+                      config_json(sample_cfg) if sample_cfg else None, config_json(verify_cfg) if verify_cfg else None,
+                      result.stages[0].fingerprint, _code_hash(ev.__file__))
+    metrics_path = out_dir / "metrics.json"
+    if _up_to_date(out_dir, fp) and metrics_path.is_file():
+        console.print(f"[dim]{EVALUATE_DIR}: up to date, skipped[/]")
+        metrics = json.loads(metrics_path.read_text())
+    else:
+        (out_dir / MARKER).unlink(missing_ok=True)
+        console.print(f"[bold cyan]{EVALUATE_DIR}[/]: {', '.join(models)} on held-out problems")
+        pool_ids, pool_texts = _pool_problems(result)
+        if model_dir is not None:
+            train = _training_rows(result)
+            if "problem_id" in train.column_names:
+                pool_ids |= set(train["problem_id"])
+            pool_texts |= set(train["prompt"])
+        metrics = ev.evaluate(ec, models, out_dir, run_seed=cfg.seed, sample_cfg=sample_cfg, verify_cfg=verify_cfg,
+                              exclude_ids=pool_ids, exclude_texts=pool_texts, model_gguf=gguf)
+        (out_dir / MARKER).write_text(json.dumps({"fingerprint": fp}))
+    console.print(ev.metrics_table(metrics))
+    headline = ev.headline_metric(metrics)
+    conf = f"{100 * metrics['settings']['confidence']:g}% CI"
+    for name, model in metrics["models"].items():
+        m = model["metrics"][headline][ev.OVERALL]
+        print(f"{name} {headline}: {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] ({conf})")
+    for name, diff in metrics.get("difference", {}).items():
+        d = diff[headline][ev.OVERALL]
+        verdict = "excludes 0" if d["significant"] else "includes 0"
+        print(f"{name} {headline}: {d['value']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] (paired {conf}, {verdict})")
+    return metrics_path

@@ -41,18 +41,16 @@ class Stage:
     kind:
       - ``source``: produces rows (``read()``), no upstream.
       - ``map``: ``__call__`` over batches of upstream rows (Ray ``map_batches``, resumable per batch).
-      - ``group``: ``__call__`` over all rows of one ``group_key`` at a time (Ray ``groupby().map_groups``).
       - ``sink``: consumes the upstream rows (``write(upstream_dir, run_dir)``), adds no rows.
     """
 
     name: ClassVar[str]
-    kind: ClassVar[Literal["source", "map", "group", "sink"]] = "map"
+    kind: ClassVar[Literal["source", "map", "sink"]] = "map"
     config_model: ClassVar[type[StageConfig]] = StageConfig
     requires: ClassVar[tuple[str, ...]] = ()
     adds: ClassVar[tuple[str, ...]] = ()
     # The upstream columns that identify one input row; used to resume a half-done stage.
     input_key: ClassVar[tuple[str, ...]] = ()
-    group_key: ClassVar[str] = ""
 
     def __init__(self, cfg: StageConfig, **prepared: Any) -> None:
         self.cfg = cfg

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline import columns as C
-from stages.base import Batch, Stage, StageConfig, batch_len
+from stages.base import Batch, Stage, StageConfig
 
 TRACES = ("any", "shortest_correct", "longest_correct", "random_correct", "all_correct")
 PROBLEM_TABLE_COLUMNS = (C.PROBLEM_ID, C.LEVEL, C.PASS_RATE, C.N_SAMPLES, C.N_CORRECT, C.CI_LOW, C.CI_HIGH)
@@ -104,76 +104,102 @@ def select_problems(problems, cfg: CurateConfig, seed: int) -> dict[str, tuple[i
     return out
 
 
-def choose_traces(rows: list[dict[str, Any]], trace: str, seed: int) -> set[int]:
-    """Indices (into ``rows``, one problem's samples) of the traces to train on."""
+SAMPLE_TABLE_COLUMNS = (*PROBLEM_TABLE_COLUMNS, C.SAMPLE_IDX, C.CORRECT, C.FINISH_REASON, "completion_chars")
+
+
+def choose_traces(rows, trace: str, seed: int) -> list[int]:
+    """Positions (into ``rows``: one problem's samples, dicts with SAMPLE_TABLE_COLUMNS) of the traces to train on."""
     usable = [i for i, r in enumerate(rows) if r[C.FINISH_REASON] != "error"]
-    if trace == "any":
-        pool = usable
-    else:
-        pool = [i for i in usable if r_correct(rows[i])]
+    pool = usable if trace == "any" else [i for i in usable if bool(rows[i][C.CORRECT])]
     if not pool:
-        return set()
+        return []
     if trace == "all_correct":
-        return set(pool)
+        return pool
     if trace in ("shortest_correct", "longest_correct"):
         sign = 1 if trace == "shortest_correct" else -1
-        return {min(pool, key=lambda i: (sign * len(rows[i][C.COMPLETION] or ""), rows[i][C.SAMPLE_IDX]))}
-    key = rows[pool[0]][C.PROBLEM_ID]
-    return {min(pool, key=lambda i: _hash_unit(seed, f"{key}:{rows[i][C.SAMPLE_IDX]}"))}
+        return [min(pool, key=lambda i: (sign * rows[i]["completion_chars"], rows[i][C.SAMPLE_IDX]))]
+    pid = rows[pool[0]][C.PROBLEM_ID]
+    return [min(pool, key=lambda i: _hash_unit(seed, f"{pid}:{rows[i][C.SAMPLE_IDX]}"))]
 
 
-def r_correct(row: dict[str, Any]) -> bool:
-    return bool(row.get(C.CORRECT))
+def plan(samples, cfg: CurateConfig, seed: int) -> dict[tuple[str, int], tuple[bool, str]]:
+    """(problem_id, sample_idx) -> (kept, reason) for every sample row.
+
+    ``samples`` is a pandas DataFrame with SAMPLE_TABLE_COLUMNS (narrow: no completion text).
+    """
+    problems = samples.drop_duplicates(subset=[C.PROBLEM_ID]).reset_index(drop=True)
+    selection = select_problems(problems, cfg, seed)
+    trace = cfg.effective_trace
+    decisions: dict[tuple[str, int], tuple[bool, str]] = {}
+    for pid, group in samples.groupby(C.PROBLEM_ID, sort=False):
+        rows = group.to_dict("records")
+        rank, reason = selection[pid]
+        chosen = set(choose_traces(rows, trace, seed)) if rank is not None else set()
+        for i, r in enumerate(rows):
+            if i in chosen:
+                decision = (True, f"{reason}:{trace}")
+            elif rank is None:
+                decision = (False, reason)
+            elif r[C.FINISH_REASON] == "error":
+                decision = (False, "generation_error")
+            elif trace != "any" and not bool(r[C.CORRECT]):
+                decision = (False, "incorrect_completion")
+            else:
+                decision = (False, "other_trace_chosen")
+            decisions[(pid, int(r[C.SAMPLE_IDX]))] = decision
+    return decisions
+
+
+def sample_table(upstream_dir: str):
+    """The narrow per-sample table curation needs, read file by file (completion text is reduced to its length)."""
+    import pandas as pd
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.io import part_files
+
+    frames = []
+    for f in part_files(upstream_dir):
+        t = pq.read_table(f, columns=[c for c in SAMPLE_TABLE_COLUMNS if c != "completion_chars"] + [C.COMPLETION])
+        t = t.append_column("completion_chars", pc.fill_null(pc.utf8_length(t[C.COMPLETION]), 0)).drop_columns([C.COMPLETION])
+        frames.append(t.to_pandas())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(SAMPLE_TABLE_COLUMNS))
 
 
 class CurateStage(Stage):
-    """Called on all rows of one problem; marks each row kept or dropped, with the reason. Nothing is removed."""
+    """Marks every row kept or dropped, with the reason; nothing is removed, so counts always reconcile."""
 
     name = "curate"
-    kind = "group"
-    group_key = C.PROBLEM_ID
+    kind = "map"
     config_model = CurateConfig
-    requires = (C.PROBLEM_ID, C.PASS_RATE, C.N_CORRECT, C.CORRECT, C.COMPLETION, C.FINISH_REASON)
+    requires = (C.PROBLEM_ID, C.SAMPLE_IDX, C.PASS_RATE, C.N_CORRECT, C.CORRECT, C.COMPLETION, C.FINISH_REASON)
     adds = C.CURATE_COLUMNS
+    input_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
 
-    def __init__(self, cfg: CurateConfig, selection: dict[str, tuple[int | None, str]] | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, cfg: CurateConfig, decisions: dict | None = None, seed: int = 0) -> None:
         self.cfg = cfg
-        self.selection = selection or {}
+        self.decisions = decisions
         self.seed = cfg.seed if cfg.seed is not None else seed
 
     @classmethod
     def prepare(cls, cfg: CurateConfig, upstream_dir: str, context) -> dict[str, Any]:
-        from pipeline.io import read_problem_table
-
         seed = cfg.seed if cfg.seed is not None else context.seed
-        table = read_problem_table(upstream_dir, PROBLEM_TABLE_COLUMNS)
-        return {"selection": select_problems(table, cfg, seed), "seed": seed}
+        return {"decisions": plan(sample_table(upstream_dir), cfg, seed), "seed": seed}
 
     def __call__(self, batch: Batch) -> Batch:
-        n = batch_len(batch)
-        rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
+        decisions = self.decisions
+        if decisions is None:  # a self-contained batch (tests, single process): plan on the batch itself
+            import pandas as pd
+
+            frame = pd.DataFrame({c: batch[c] for c in SAMPLE_TABLE_COLUMNS if c in batch})
+            frame["completion_chars"] = [len(c or "") for c in batch[C.COMPLETION]]
+            if C.LEVEL not in frame:
+                frame[C.LEVEL] = None
+            decisions = plan(frame, self.cfg, self.seed)
         out: dict[str, list[Any]] = dict(batch)
-        out[C.KEPT], out[C.RULE], out[C.KEEP_REASON], out[C.DROP_REASON] = [False] * n, [self.cfg.rule] * n, [None] * n, [None] * n
-        by_problem: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_problem.setdefault(r[C.PROBLEM_ID], []).append(i)
-        trace = self.cfg.effective_trace
-        for pid, idx in by_problem.items():
-            rank, reason = self.selection.get(pid, (None, "not_in_problem_table"))
-            chosen = set()
-            if rank is not None:
-                local = choose_traces([rows[i] for i in idx], trace, self.seed)
-                chosen = {idx[j] for j in local}
-            for i in idx:
-                if i in chosen:
-                    out[C.KEPT][i], out[C.KEEP_REASON][i] = True, f"{reason}:{trace}"
-                elif rank is None:
-                    out[C.DROP_REASON][i] = reason
-                elif rows[i][C.FINISH_REASON] == "error":
-                    out[C.DROP_REASON][i] = "generation_error"
-                elif trace != "any" and not r_correct(rows[i]):
-                    out[C.DROP_REASON][i] = "incorrect_completion"
-                else:
-                    out[C.DROP_REASON][i] = "other_trace_chosen"
+        picked = [decisions[(p, int(i))] for p, i in zip(batch[C.PROBLEM_ID], batch[C.SAMPLE_IDX])]
+        out[C.KEPT] = [k for k, _ in picked]
+        out[C.RULE] = [self.cfg.rule] * len(picked)
+        out[C.KEEP_REASON] = [r if k else None for k, r in picked]
+        out[C.DROP_REASON] = [None if k else r for k, r in picked]
         return out

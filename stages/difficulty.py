@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pipeline import columns as C
-from stages.base import Batch, Stage, StageConfig, batch_len
+from stages.base import Batch, Stage, StageConfig
 
 
 class DifficultyConfig(StageConfig):
@@ -53,37 +53,55 @@ def tier_of(pass_rate: float, cfg: DifficultyConfig) -> str:
     return "easy" if pass_rate >= cfg.easy_from else "medium"
 
 
+def problem_stats(problem_ids, model_ids, correct, finish_reasons, cfg: DifficultyConfig) -> dict[tuple[str, str], dict]:
+    """(problem_id, model) -> pass rate, counts, interval and tier. Failed generations are not attempts."""
+    tallies: dict[tuple[str, str], list[int]] = {}
+    for pid, model, ok, fr in zip(problem_ids, model_ids, correct, finish_reasons):
+        t = tallies.setdefault((pid, model), [0, 0])
+        if fr != "error":
+            t[0] += 1
+            t[1] += bool(ok)
+    stats = {}
+    for key, (n, k) in tallies.items():
+        rate = k / n if n else 0.0
+        low, high = pass_interval(k, n, cfg.interval, cfg.confidence)
+        stats[key] = {C.PASS_RATE: rate, C.N_SAMPLES: n, C.N_CORRECT: k, C.CI_LOW: low, C.CI_HIGH: high,
+                      C.DIFFICULTY_MODEL: key[1], C.TIER: tier_of(rate, cfg) if n else "unsolved"}
+    return stats
+
+
 class DifficultyStage(Stage):
-    """Called on all sample rows of one problem; adds the problem's difficulty to each row."""
+    """Adds each problem's pass rate, interval and tier to its sample rows.
+
+    The per-problem tallies are computed once from four narrow columns (``prepare``), so no shuffle of the
+    completions is needed; without them (a batch in a test), the batch itself must hold whole problems.
+    """
 
     name = "difficulty"
-    kind = "group"
-    group_key = C.PROBLEM_ID
+    kind = "map"
     config_model = DifficultyConfig
     requires = (C.PROBLEM_ID, C.CORRECT, C.MODEL_ID, C.FINISH_REASON)
     adds = C.DIFFICULTY_COLUMNS
+    input_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
+
+    def __init__(self, cfg: DifficultyConfig, stats: dict | None = None, **_: Any) -> None:
+        self.cfg = cfg
+        self.stats = stats
+
+    @classmethod
+    def prepare(cls, cfg: DifficultyConfig, upstream_dir: str, context) -> dict[str, Any]:
+        from pipeline.io import read_columns
+
+        t = read_columns(upstream_dir, (C.PROBLEM_ID, C.MODEL_ID, C.CORRECT, C.FINISH_REASON))
+        cols = [t[c].to_pylist() for c in (C.PROBLEM_ID, C.MODEL_ID, C.CORRECT, C.FINISH_REASON)]
+        return {"stats": problem_stats(*cols, cfg)}
 
     def __call__(self, batch: Batch) -> Batch:
-        n_rows = batch_len(batch)
+        stats = self.stats
+        if stats is None:
+            stats = problem_stats(batch[C.PROBLEM_ID], batch[C.MODEL_ID], batch[C.CORRECT], batch[C.FINISH_REASON], self.cfg)
         out: dict[str, list[Any]] = dict(batch)
+        rows = [stats[(p, m)] for p, m in zip(batch[C.PROBLEM_ID], batch[C.MODEL_ID])]
         for c in C.DIFFICULTY_COLUMNS:
-            out[c] = [None] * n_rows
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i in range(n_rows):
-            groups.setdefault((batch[C.PROBLEM_ID][i], batch[C.MODEL_ID][i]), []).append(i)
-        for (_, model), idx in groups.items():
-            # Failed generations say nothing about the problem: they do not count as attempts.
-            attempts = [i for i in idx if batch[C.FINISH_REASON][i] != "error"]
-            n = len(attempts)
-            k = sum(bool(batch[C.CORRECT][i]) for i in attempts)
-            rate = k / n if n else 0.0
-            low, high = pass_interval(k, n, self.cfg.interval, self.cfg.confidence)
-            for i in idx:
-                out[C.PASS_RATE][i] = rate
-                out[C.N_SAMPLES][i] = n
-                out[C.N_CORRECT][i] = k
-                out[C.CI_LOW][i] = low
-                out[C.CI_HIGH][i] = high
-                out[C.DIFFICULTY_MODEL][i] = model
-                out[C.TIER][i] = tier_of(rate, self.cfg) if n else "unsolved"
+            out[c] = [r[c] for r in rows]
         return out

@@ -45,14 +45,15 @@ class ExportStage(Stage):
 
         from pipeline import io
 
+        datasets.disable_progress_bars()
         files = [str(p) for p in io.part_files(upstream_dir)]
         if not files:
             raise RuntimeError(f"export: {upstream_dir} holds no rows; the curate stage kept nothing to export")
         full = datasets.load_dataset("parquet", data_files=files, split="train")
         kept = full.filter(lambda kept: kept, input_columns=[C.KEPT])
         keep_cols = [c for c in EXPORT_COLUMNS if c in kept.column_names]
-        kept = kept.select_columns(keep_cols).rename_column(C.PROBLEM, "prompt").rename_column(C.COMPLETION, "completion")
-        kept = kept.sort([C.PROBLEM_ID, C.SAMPLE_IDX]) if len(kept) else kept
+        kept = kept.select_columns(keep_cols).rename_column(C.PROBLEM, "prompt")
+        kept = kept.sort(C.PROBLEM_ID) if len(kept) else kept
         dd = datasets.DatasetDict({"train": kept})
         out = Path(out_dir)
         dataset_dir = out / "dataset"

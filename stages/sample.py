@@ -41,6 +41,10 @@ class SampleConfig(StageConfig):
     gguf_file: str | None = Field(None, description="GGUF file name inside the model directory, if it ships GGUF.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
     seed: int | None = Field(None, description="Sampling seed (default: the run seed).")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per worker (default: resources.num_cpus). On a laptop, 1 Ray CPU "
+        "with 2 threads leaves a CPU for Ray's own read and write tasks."
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(batch_size=128), description="Ray resources of the sampling workers."
     )
@@ -113,7 +117,7 @@ class HFBackend:
 
         if cfg.trust_remote_code:
             log.warning("trust_remote_code is on: code shipped with %s will run", model_path)
-        torch.set_num_threads(max(1, int(cfg.resources.num_cpus)))
+        torch.set_num_threads(cfg.threads or max(1, int(cfg.resources.num_cpus)))
         extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code, **extra)
         self.tokenizer.padding_side = "left"

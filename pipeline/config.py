@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from pipeline.evaluate import EvaluateConfig
+from pipeline.finetune import FinetuneConfig
 from pipeline.registry import STAGES, UnknownName, stage_class
 from stages.base import Frozen, StageConfig
 
@@ -40,8 +42,10 @@ class RunConfig(Frozen):
     stages: tuple[tuple[str, StageConfig], ...] = Field(
         description="Stages in order, as a mapping stage-name -> stage config block."
     )
-    finetune: dict[str, Any] | None = Field(None, description="Fine-tune a student on the exported dataset.")
-    evaluate: dict[str, Any] | None = Field(None, description="Evaluate base and fine-tuned student on held-out problems.")
+    finetune: FinetuneConfig | None = Field(None, description="Fine-tune a student on the exported dataset.")
+    evaluate: EvaluateConfig | None = Field(
+        None, description="Evaluate the untouched and the fine-tuned student on held-out problems."
+    )
 
     @property
     def resolved_run_dir(self) -> Path:

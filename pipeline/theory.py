@@ -28,13 +28,22 @@ Two independent computations of the test error are provided:
 Everything else (phase diagrams, the infinite-data limit of Theorem 2, the self-training collapse loop, the advice
 for a real pool) is built on the vectorised form of the deterministic equivalent.
 
-Where theory.md and simulation disagree (measured by ``tests/test_theory.py``):
+Where theory.md and simulation part ways (each pinned by a test in ``tests/test_theory.py``):
 
-- The ``|.|`` in the arccos of theory.md section 2.2 (taken from the precursor paper) is wrong whenever the learned
-  direction is anti-aligned with ``w*``: the simulated error then exceeds 1/2. The signed cosine is used here.
-- theory.md section 2.6 row "n/d = 0.5, KE" reports gains (ratio about 0.9 at p about 0.3-0.5); at lambda = 1e-3
-  the deterministic equivalent and simulation agree that these come from the interpolation peak at ``p n = d``.
-  See the test module for the full list of checks of the theory.md tables.
+- The ``|.|`` in the arccos of theory.md §2.2 (after the precursor paper's eq 50) is wrong whenever the learned
+  direction is anti-aligned with ``w*`` (e.g. rho=0.5, rho_star=0.9, rho_g=0.8, keep_hard p=0.05, n/d=10):
+  simulation gives 0.56 > 1/2, the ``|.|`` form 0.44. The signed cosine is used here.
+- The precursor paper's printed ``r = omega^2 m + omega_tilde^2 m_tilde`` (flagged in theory.md §2.2) predicts zero
+  error for all data from a rho = 0.7 generator; simulation gives 0.26. §2.2 with ``r = beta^2 m + beta_tilde^2
+  m_tilde`` matches simulation and equals the §2.3 form used here to 1e-9.
+- The footnote of theory.md §2.6 attributes the keep-easy gains at n/d = 0.5 to the interpolation peak and says they
+  vanish at lambda = 0.1. With n < d no kept count can reach the peak (kept = d), and both this module and
+  simulation keep the gain at lambda = 0.1 (0.313 vs 0.333 at rho = 1, rho_star = 0.99, p = 0.5): it is the
+  small-data "keep easy" regime. Random pruning never beats p = 1 on that grid.
+
+Everything else checked there agrees with simulation or with theory.md's own numbers: the §2.1 constants, §2.2 with
+the corrected r, the §2.4 ridgeless corollary (away from kept = d), the §2.6 phase table and collapse loop, and the
+theory column of the §2.7 validation table.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 RULES = ("keep_hard", "keep_easy", "random", "all")
 """Names of the curation rules accepted by every function in this module."""
@@ -265,7 +274,7 @@ def deformed_mp(phi, kept, lam):
 
 
 def _plane_fit(phi, moments: KeptMoments, lam):
-    """Ridge solution in the (w_o, v) plane, its squared norm in the bulk, and kappa (theory.md §2.3)."""
+    """Ridge solution (a1, a2) in the (w_o, v) plane and its squared norm in the other directions (theory.md §2.3)."""
     kept = np.maximum(moments.kept, _TINY)
     m, dm = deformed_mp(phi, kept, lam)
     kappa = 1.0 / (1.0 + phi * m)
@@ -351,7 +360,8 @@ def infinite_data_error(rho, rho_star, rho_g, rule, p, label_aware=False):
     det = moments.sigma11 * moments.sigma22 - moments.sigma12**2
     a1 = (moments.sigma22 * moments.c1 - moments.sigma12 * moments.c2) / det
     a2 = (moments.sigma11 * moments.c2 - moments.sigma12 * moments.c1) / det
-    target1, target2, _ = _target_in_plane(np.asarray(rho, float), np.asarray(rho_star, float), np.asarray(rho_g, float))
+    rho, rho_star, rho_g = (np.asarray(v, dtype=float) for v in (rho, rho_star, rho_g))
+    target1, target2, _ = _target_in_plane(rho, rho_star, rho_g)
     cos = np.clip((a1 * target1 + a2 * target2) / np.sqrt(a1 * a1 + a2 * a2), -1.0, 1.0)
     error = np.arccos(cos) / np.pi
     return float(error) if np.ndim(error) == 0 else error
@@ -362,13 +372,59 @@ def infinite_data_error(rho, rho_star, rho_g, rule, p, label_aware=False):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _wishart(dim, dof, rng):
+    """A draw of Z^T Z for a (dof x dim) matrix Z of iid N(0, 1), by the Bartlett decomposition (dof >= dim)."""
+    factor = np.tril(rng.standard_normal((dim, dim)), -1)
+    factor[np.diag_indices(dim)] = np.sqrt(rng.chisquare(dof - np.arange(dim)))
+    return factor @ factor.T
+
+
+def _fit_kept(head, labels, n, d, lam, rng):
+    """Ridge fit on kept rows whose first 3 coordinates are ``head``; the other d - 3 are iid N(0, 1), drawn here.
+
+    Returns the learned weights' first three coordinates and their full norm. Only Gram matrices of the bulk
+    coordinates enter the fit, so they are drawn exactly from their (Wishart and Gaussian) laws given the head and
+    the labels instead of through the ``kept x (d - 3)`` matrix: the cost is O(min(kept, d)^3), not O(kept d^2).
+    """
+    kept, bulk_dim = head.shape[0], d - 3
+    if kept >= d + 1:
+        # Primal. Write the bulk block Z = Q A + (I - Q Q^T) Z with [head, labels] = Q R: A = Q^T Z is iid Gaussian
+        # and Z^T (I - Q Q^T) Z is an independent Wishart with kept - 4 degrees of freedom.
+        basis, tri = np.linalg.qr(np.column_stack([head, labels]))
+        del basis  # only R is needed: Z^T [head, labels] = A^T R
+        projected = rng.standard_normal((4, bulk_dim))
+        gram = np.empty((d, d))
+        gram[:3, :3] = head.T @ head
+        gram[:3, 3:] = tri[:, :3].T @ projected
+        gram[3:, :3] = gram[:3, 3:].T
+        gram[3:, 3:] = projected.T @ projected + _wishart(bulk_dim, kept - 4, rng)
+        rhs = np.concatenate([head.T @ labels, projected.T @ tri[:, 3]])
+        gram /= n
+        gram[np.diag_indices(d)] += lam
+        weights = np.linalg.solve(gram, rhs / n)
+        return weights[:3], float(np.linalg.norm(weights))
+    if kept <= bulk_dim:
+        # Dual. The bulk enters only through Z Z^T, a Wishart with d - 3 degrees of freedom independent of the head.
+        outer = head @ head.T + _wishart(kept, bulk_dim, rng)
+        system = outer / n
+        system[np.diag_indices(kept)] += lam
+        dual = np.linalg.solve(system, labels / n)
+        return head.T @ dual, float(np.sqrt(max(dual @ outer @ dual, 0.0)))
+    # kept within 3 of d: neither Wishart exists, draw the bulk coordinates themselves.
+    features = np.column_stack([head, rng.standard_normal((kept, bulk_dim))])
+    gram = features.T @ features / n
+    gram[np.diag_indices(d)] += lam
+    weights = np.linalg.solve(gram, features.T @ labels / n)
+    return weights[:3], float(np.linalg.norm(weights))
+
+
 def _simulate_cosines(n, d, rho, rho_star, rho_g, rule, p, lam, label_aware, rng):
     """One finite-size run; returns the cosines of the learned weights with w* and with w_o.
 
     By rotational invariance of the isotropic inputs the three vectors sit in the first three coordinates:
-    ``w_o = e1``, ``w_g = rho_g e1 + sqrt(1 - rho_g^2) e2`` and ``w*`` in span(e1, e2, e3). Only the kept rows
-    need their other ``d - 3`` coordinates, which are independent of the labels and of the keep decision, so they
-    are drawn after curation (same distribution, less work).
+    ``w_o = e1``, ``w_g = rho_g e1 + sqrt(1 - rho_g^2) e2`` and ``w*`` in span(e1, e2, e3). The other d - 3
+    coordinates are independent of the labels and of the keep decision; :func:`_fit_kept` draws what the ridge fit
+    needs of them for the kept rows only.
     """
     target1, target2, orth = _target_in_plane(rho, rho_star, rho_g)
     target3 = math.sqrt(max(0.0, 1.0 - target1**2 - target2**2))
@@ -385,23 +441,10 @@ def _simulate_cosines(n, d, rho, rho_star, rho_g, rule, p, lam, label_aware, rng
         keep = np.abs(oracle_margin) >= keep_threshold(rule, p)
     if label_aware:
         keep &= labels == np.where(oracle_margin >= 0.0, 1.0, -1.0)
-    kept = int(keep.sum())
-    if kept == 0:
+    if not keep.any():
         return 0.0, 0.0
-    features = np.empty((kept, d))
-    features[:, :3] = head[keep]
-    features[:, 3:] = rng.standard_normal((kept, d - 3))
-    targets = labels[keep]
     # The loss is averaged over the whole pool (1/n), as in the estimator of theory.md §1.
-    if kept >= d:
-        gram = features.T @ features / n
-        gram[np.diag_indices(d)] += lam
-        weights = np.linalg.solve(gram, features.T @ targets / n)
-    else:  # the dual (kept x kept) system is cheaper and gives the same ridge solution
-        gram = features @ features.T / n
-        gram[np.diag_indices(kept)] += lam
-        weights = features.T @ np.linalg.solve(gram, targets / n)
-    norm = float(np.linalg.norm(weights))
+    weights, norm = _fit_kept(head[keep], labels[keep], n, d, lam, rng)
     if norm == 0.0:
         return 0.0, 0.0
     cos_target = (weights[0] * target1 + weights[1] * target2 + weights[2] * target3) / norm
@@ -458,7 +501,7 @@ class PhaseDiagram:
     ratio: dict[str, np.ndarray] = field(repr=False)
 
     def winner(self, first: str = "keep_hard", second: str = "keep_easy") -> np.ndarray:
-        """+1 where ``first`` (at its best p) has lower error than ``second`` (at its best p), -1 where higher, 0 tied."""
+        """+1 where ``first`` (at its best p) has a lower error than ``second`` (at its best p), -1 where higher."""
         diff = self.best_error[second] - self.best_error[first]
         return np.where(np.abs(diff) <= 1e-12, 0, np.sign(diff)).astype(int)
 
@@ -528,7 +571,7 @@ def phase_grid(
     )
 
 
-def theorem2_directions(rho, rho_star=0.999, p=0.3, rho_g=None, label_aware=False) -> dict[str, float]:
+def theorem2_directions(rho, rho_star=0.999, p=0.3, rho_g=None, label_aware=False) -> dict[str, float | str]:
     """Infinite-data errors F(q) of keep-hard and keep-easy at keep fraction p (Theorem 2, theory.md §2.5).
 
     Returns ``{"keep_hard": F_KH, "keep_easy": F_KE, "all": F_all, "winner": "keep_hard" | "keep_easy"}``.
@@ -570,7 +613,8 @@ class Advice:
     rho: float
     rho_star: float
     rho_g: float
-    n_over_d: float
+    pool_size: int
+    dim: float
     candidates: tuple[tuple[str, float, float], ...]
 
     @property
@@ -579,9 +623,14 @@ class Advice:
         return rule_label(self.rule, self.label_aware)
 
     @property
-    def kept_examples(self) -> float:
-        """Pool examples the difficulty rule keeps, before any correctness filter (``keep_fraction * n``)."""
-        return self.keep_fraction * self.n_over_d
+    def n_over_d(self) -> float:
+        """Data abundance: pool size over effective dimension."""
+        return self.pool_size / self.dim
+
+    @property
+    def kept_examples(self) -> int:
+        """Pool examples the difficulty rule keeps, before any correctness filter (``keep_fraction * pool_size``)."""
+        return int(round(self.keep_fraction * self.pool_size))
 
 
 def advise(
@@ -639,7 +688,8 @@ def advise(
         rho=rho,
         rho_star=rho_star,
         rho_g=rho_g,
-        n_over_d=n_over_d,
+        pool_size=int(pool_size),
+        dim=float(dim),
         candidates=tuple((rule_label(r, a), p, e) for r, a, p, e in candidates),
     )
 
@@ -648,14 +698,19 @@ def advise(
 class Boundary:
     """Predicted phase boundary over (pool size, generator accuracy) for one rule.
 
-    ``ratio[i, j]`` is ``E(best p) / E(p = 1)`` at ``generator_accuracy[i]`` and ``pool_sizes[j]``;
-    ``min_pool_size[i]`` is the smallest pool size on the grid where the rule beats p = 1 by ``tolerance``
-    (NaN where it never does); ``hard_beats_easy[i, j]`` says whether keep-hard beats keep-easy there.
+    Arrays are indexed ``[i, j]`` by ``generator_accuracy[i]`` and ``pool_sizes[j]``:
+    ``ratio`` is ``E(best p) / E(p = 1)``; ``ratio_vs_baseline`` divides instead by the better of p = 1 and the best
+    *random* subsample, so that gains which random pruning also gets (moving the kept count off the interpolation
+    peak at kept = d) do not count as curation; ``best_p`` is the best keep fraction; ``hard_beats_easy`` says
+    whether keep-hard (at its best p) beats keep-easy (at its best p).
+    ``min_pool_size[i]`` is the smallest pool size on the grid from which on the rule beats the baseline by
+    ``tolerance`` at every larger size (NaN where it does not pay at the largest size).
     """
 
     generator_accuracy: np.ndarray
     pool_sizes: np.ndarray
     ratio: np.ndarray
+    ratio_vs_baseline: np.ndarray
     best_p: np.ndarray
     min_pool_size: np.ndarray
     hard_beats_easy: np.ndarray
@@ -677,8 +732,9 @@ def predicted_boundary(
 ) -> Boundary:
     """Where curation starts to pay off ("less is more"), for measured accuracies and an effective dimension.
 
-    Draw ``ratio`` as a heatmap or its ``1 - tolerance`` contour over (log pool size, generator accuracy) and
-    compare with the measured sweep. ``pool_sizes`` defaults to 60 log-spaced sizes from ``dim / 2`` to ``500 dim``.
+    Accuracies map to cosines as in :func:`advise`. Draw ``ratio_vs_baseline`` (or its ``1 - tolerance`` contour)
+    over (log pool size, generator accuracy) and compare with the measured sweep, or plot ``min_pool_size``
+    against the accuracy. ``pool_sizes`` defaults to 60 log-spaced sizes from ``dim / 2`` to ``500 dim``.
     """
     if not dim > 0:
         raise ValueError(f"dim (effective dimension) must be > 0 (got {dim})")
@@ -687,24 +743,33 @@ def predicted_boundary(
     accuracy = np.atleast_1d(np.asarray(generator_accuracies, dtype=float))
     rho = np.atleast_1d(cosine_from_accuracy(accuracy))
     rho_star = cosine_from_accuracy(oracle_accuracy)
-    sizes = np.geomspace(dim / 2.0, 500.0 * dim, 60) if pool_sizes is None else np.atleast_1d(np.asarray(pool_sizes, float))
+    if pool_sizes is None:
+        sizes = np.geomspace(dim / 2.0, 500.0 * dim, 60)
+    else:
+        sizes = np.atleast_1d(np.asarray(pool_sizes, dtype=float))
+    if np.any(~(sizes > 0)):
+        raise ValueError(f"pool sizes must be > 0 (got {sizes.tolist()})")
     grid = phase_grid(
         rho_star=rho_star,
         lam=lam,
         n_over_d=sizes / float(dim),
         rho=rho,
         keep_fractions=keep_fractions,
-        rules=tuple(dict.fromkeys((rule, "keep_hard", "keep_easy"))),
+        rules=tuple(dict.fromkeys((rule, "keep_hard", "keep_easy", "random"))),
         label_aware=label_aware,
     )
-    ratio = grid.ratio[rule]
-    pays = ratio < 1.0 - tolerance
-    first = np.argmax(pays, axis=1)
-    min_pool = np.where(pays.any(axis=1), sizes[first], np.nan)
+    baseline = np.minimum(grid.full_error, grid.best_error["random"])
+    ratio_vs_baseline = grid.best_error[rule] / baseline
+    pays = ratio_vs_baseline < 1.0 - tolerance
+    # First index from which the rule pays at every larger pool size.
+    pays_from_here_on = np.flip(np.logical_and.accumulate(np.flip(pays, axis=1), axis=1), axis=1)
+    first = np.argmax(pays_from_here_on, axis=1)
+    min_pool = np.where(pays_from_here_on.any(axis=1), sizes[first], np.nan)
     return Boundary(
         generator_accuracy=accuracy,
         pool_sizes=sizes,
-        ratio=ratio,
+        ratio=grid.ratio[rule],
+        ratio_vs_baseline=ratio_vs_baseline,
         best_p=grid.best_p[rule],
         min_pool_size=min_pool,
         hard_beats_easy=grid.winner() > 0,
@@ -733,6 +798,8 @@ def fit_effective_dim(pool_sizes, errors, generator_accuracy: float, lam: float 
         # Only the generator matters without curation; place the (unused) oracle orthogonally to it.
         predicted = asymptotic_error_array(np.exp(log_dim) / sizes, rho, 0.0, 0.0, "all", 1.0, lam)
         return float(np.sum((predicted - measured) ** 2))
+
+    from scipy import optimize  # only needed here; keeps importing this module light
 
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     coarse = np.linspace(lo, hi, 200)

@@ -48,6 +48,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_all(cfg)
 
 
+def _cmd_reference(args: argparse.Namespace) -> int:
+    from pipeline.config import reference_markdown
+
+    print(reference_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lessmore", description="Curate LLM reasoning data, and measure when less is more.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
@@ -61,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set stages.sample.k=8 (repeatable)")
         p.set_defaults(func=func)
+    sub.add_parser("config-reference", help="print the config reference (every key, type, default)").set_defaults(
+        func=_cmd_reference)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_cli(sub)
     return parser

@@ -63,13 +63,45 @@ class RunConfig(Frozen):
         return out
 
 
-def safe_join(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
-    """``root/relative``, refusing paths that escape ``root`` (absolute paths, ``..``)."""
+def safe_join(root: str | os.PathLike, relative: str | os.PathLike, field: str = "run_dir") -> Path:
+    """``root/relative``, refusing paths that escape ``root`` (absolute paths, ``..``, symlinks out of it).
+
+    ``field`` is the config key named in the error."""
     root_path = Path(root).resolve()
     target = (root_path / relative).resolve()
     if target != root_path and root_path not in target.parents:
-        raise ConfigError(f"run_dir: {relative!s} escapes output_root {root!s}; use a path inside output_root")
+        raise ConfigError(f"{field}: {relative!s} escapes output_root {root!s}; use a path inside output_root")
     return target
+
+
+def check_output_paths(cfg: "RunConfig") -> None:
+    """Every output path the config controls (run directory, export path) must stay inside ``output_root``."""
+    field = "run_dir" if cfg.run_dir else "name"
+    run_dir = safe_join(cfg.output_root, cfg.run_dir or cfg.name, field=field)
+    if run_dir == Path(cfg.output_root).resolve():
+        raise ConfigError(f"{field}: the run directory cannot be output_root itself; name a subdirectory")
+    export = cfg.stage("export")
+    export_path = getattr(export, "path", None)
+    if export_path:
+        target = safe_join(cfg.output_root, export_path, field="stages.export.path")
+        if target == run_dir or run_dir in target.parents or target in run_dir.parents or target == run_dir.parent:
+            raise ConfigError(f"stages.export.path: {export_path} overlaps the run directory {run_dir}; "
+                              "choose a directory of its own inside output_root, e.g. datasets/<name>")
+
+
+def _local_output_root(data: dict[str, Any]) -> dict[str, Any]:
+    """``file://`` output roots become plain paths; other URI schemes are refused with what to do instead."""
+    root = data.get("output_root")
+    if not isinstance(root, str) or "://" not in root:
+        return data
+    scheme = root.split("://", 1)[0]
+    if scheme == "file":
+        return {**data, "output_root": root[len("file://"):] or "/"}
+    raise ConfigError(
+        f"output_root: {scheme}:// URIs are not supported; stages write their directories with local file APIs. "
+        f"Mount the bucket at a path every node sees (e.g. mountpoint-s3, gcsfuse, an NFS/EFS share) and set "
+        f"output_root to that path"
+    )
 
 
 def _format(loc: tuple, err: dict, model_fields: list[str] | None = None) -> str:
@@ -140,11 +172,13 @@ def parse_config(data: Any) -> RunConfig:
         raise ConfigError(f"config: must be a mapping at the top level, got {type(data).__name__}")
     if "stages" not in data:
         raise ConfigError("stages: required field is missing (a mapping of stage name -> config block)")
-    data = {**data, "stages": _build_stages(data["stages"])}
+    data = {**_local_output_root(data), "stages": _build_stages(data["stages"])}
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError("\n".join(_errors_of(e, (), RunConfig))) from None
+    check_output_paths(cfg)
+    return cfg
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -198,3 +232,40 @@ def config_json(cfg: Frozen) -> str:
 
 
 __all__ = ["ConfigError", "RunConfig", "RayConfig", "load_config", "parse_config", "apply_overrides", "STAGES"]
+
+
+def reference_markdown() -> str:
+    """The config reference (every block, field, type, default and description), generated from the models."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def type_name(annotation: Any) -> str:
+        import re
+
+        text = getattr(annotation, "__name__", None) if not typing.get_args(annotation) else None
+        text = text or str(annotation).replace("typing.", "").replace("NoneType", "None")
+        text = re.sub(r"\b(?:[a-z_]+\.)+(?=[A-Za-z])", "", text)  # pipeline.finetune.LoraSettings -> LoraSettings
+        return text.replace("|", "\\|")
+
+    def block(title: str, model: type[BaseModel], prefix: str) -> list[str]:
+        lines = [f"### `{title}`", "", (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else "", "",
+                 "| key | type | default | meaning |", "|---|---|---|---|"]
+        nested = []
+        for name, field in model.model_fields.items():
+            default = "required" if field.is_required() else (
+                "(see below)" if field.default_factory is not None else repr(field.default))
+            lines.append(f"| `{prefix}{name}` | `{type_name(field.annotation)}` | `{default}` | {field.description or ''} |")
+            for arg in (field.annotation, *typing.get_args(field.annotation)):
+                if isinstance(arg, type) and issubclass(arg, BaseModel) and name != "stages":
+                    nested.append((f"{prefix}{name}", arg))
+        out = lines + [""]
+        for sub_prefix, sub in nested:
+            out += block(sub_prefix, sub, f"{sub_prefix}.")
+        return out
+
+    lines = ["## Config reference", "", "Generated by `lessmore config-reference` from the config models.", ""]
+    lines += block("run", RunConfig, "")
+    for name in STAGES:
+        lines += block(f"stages.{name}", stage_class(name).config_model, f"stages.{name}.")
+    return "\n".join(lines)

@@ -54,6 +54,20 @@ CURATE_COLUMNS = (KEPT, RULE, KEEP_REASON, DROP_REASON)
 # quarantine
 REJECT_REASON = "reject_reason"
 
+# screen (a cheaper model's attempts per problem, before the generator samples; LIMO's first difficulty tier)
+SCREEN_MODEL = "screen_model"
+SCREEN_N_SAMPLES = "screen_n_samples"
+SCREEN_N_CORRECT = "screen_n_correct"
+SCREEN_PASS_RATE = "screen_pass_rate"
+SCREEN_COLUMNS = (SCREEN_MODEL, SCREEN_N_SAMPLES, SCREEN_N_CORRECT, SCREEN_PASS_RATE)
+
+# curate: what the rule saw and the experiment knobs (oracle noise eta, generator noise eps), per row
+CURATION_SCORE = "curation_score"
+ORACLE_NOISE = "oracle_noise"
+GENERATOR_NOISE = "generator_noise"
+QUALITY_SCORE = "quality_score"
+CURATE_DETAIL_COLUMNS = (CURATION_SCORE, ORACLE_NOISE, GENERATOR_NOISE, QUALITY_SCORE)
+
 
 def arrow_types():
     """Arrow types of the contract's columns, so every part file of a stage has one schema."""
@@ -67,4 +81,6 @@ def arrow_types():
         CORRECT: b, EXTRACTED: s, VERDICT_REASON: s, VERIFIER: s, VERIFY_MS: f, MEMBER_VERDICTS: s,
         PASS_RATE: f, N_SAMPLES: i, N_CORRECT: i, CI_LOW: f, CI_HIGH: f, DIFFICULTY_MODEL: s, TIER: s,
         KEPT: b, RULE: s, KEEP_REASON: s, DROP_REASON: s, REJECT_REASON: s,
+        SCREEN_MODEL: s, SCREEN_N_SAMPLES: i, SCREEN_N_CORRECT: i, SCREEN_PASS_RATE: f,
+        CURATION_SCORE: f, ORACLE_NOISE: b, GENERATOR_NOISE: s, QUALITY_SCORE: f,
     }

@@ -12,6 +12,8 @@ STAGES: dict[str, str] = {
     "difficulty": "stages.difficulty:DifficultyStage",
     "curate": "stages.curate:CurateStage",
     "export": "stages.export:ExportStage",
+    "dedup": "stages.dedup:DedupStage",
+    "screen": "stages.screen:ScreenStage",
 }
 
 

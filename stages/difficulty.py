@@ -1,13 +1,23 @@
-"""difficulty: pass rate per problem with a confidence interval and a tier, per generating model."""
+"""difficulty: pass rate per problem with a confidence interval and a tier, per generating model.
+
+Difficulty is model-relative: the tallies are kept per (problem, model) and every row says which model's attempts
+its numbers come from (``difficulty_model``). Tiers:
+
+- ``unsolved``: no correct attempt;      ``solved``: every attempt correct;
+- ``hard``: pass rate in (0, hard_below); ``medium``: [hard_below, easy_from); ``easy``: [easy_from, 1).
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline import columns as C
 from stages.base import Batch, Stage, StageConfig
+
+TIERS = ("unsolved", "hard", "medium", "easy", "solved")
 
 
 class DifficultyConfig(StageConfig):
@@ -25,21 +35,39 @@ class DifficultyConfig(StageConfig):
         return self
 
 
-def pass_interval(n_correct: int, n: int, method: str = "wilson", confidence: float = 0.95) -> tuple[float, float]:
-    """Two-sided binomial interval for a pass rate (scipy's Wilson, or the Jeffreys beta interval)."""
-    if n == 0:
-        return 0.0, 1.0
+def pass_intervals(n_correct, n, method: str = "wilson", confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided binomial intervals for many pass rates at once (arrays in, arrays out).
+
+    ``wilson``: the Wilson score interval (no continuity correction, as scipy's ``binomtest(...).proportion_ci``);
+    ``jeffreys``: the equal-tailed Beta(k + 1/2, n - k + 1/2) interval, with the bound at 0 (1) when k = 0 (k = n).
+    Problems with n = 0 get the uninformative [0, 1].
+    """
+    from scipy.stats import beta, norm
+
+    k = np.asarray(n_correct, dtype=float)
+    n = np.asarray(n, dtype=float)
+    safe_n = np.where(n > 0, n, 1.0)
     if method == "jeffreys":
-        from scipy.stats import beta
-
         a = (1 - confidence) / 2
-        low = 0.0 if n_correct == 0 else float(beta.ppf(a, n_correct + 0.5, n - n_correct + 0.5))
-        high = 1.0 if n_correct == n else float(beta.ppf(1 - a, n_correct + 0.5, n - n_correct + 0.5))
-        return low, high
-    from scipy.stats import binomtest
+        low = np.where(k > 0, beta.ppf(a, k + 0.5, safe_n - k + 0.5), 0.0)
+        high = np.where(k < n, beta.ppf(1 - a, k + 0.5, safe_n - k + 0.5), 1.0)
+    elif method == "wilson":
+        z = norm.ppf(1 - (1 - confidence) / 2)
+        denom = safe_n + z * z
+        center = (k + z * z / 2) / denom
+        half = z * np.sqrt(np.clip(k * (safe_n - k) / safe_n, 0, None) + z * z / 4) / denom
+        low, high = center - half, center + half
+    else:
+        raise ValueError(f"unknown interval {method!r}; use wilson or jeffreys")
+    low = np.where(n > 0, np.clip(low, 0.0, 1.0), 0.0)
+    high = np.where(n > 0, np.clip(high, 0.0, 1.0), 1.0)
+    return low, high
 
-    ci = binomtest(n_correct, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
+
+def pass_interval(n_correct: int, n: int, method: str = "wilson", confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided binomial interval for one pass rate (see ``pass_intervals``)."""
+    low, high = pass_intervals([n_correct], [n], method, confidence)
+    return float(low[0]), float(high[0])
 
 
 def tier_of(pass_rate: float, cfg: DifficultyConfig) -> str:
@@ -53,6 +81,16 @@ def tier_of(pass_rate: float, cfg: DifficultyConfig) -> str:
     return "easy" if pass_rate >= cfg.easy_from else "medium"
 
 
+def tier_codes(n_correct, n, hard_below: float, easy_from: float) -> np.ndarray:
+    """Tier of each (n_correct, n) as an index into TIERS (vectorized; n = 0 counts as unsolved)."""
+    k = np.asarray(n_correct, dtype=float)
+    n = np.asarray(n, dtype=float)
+    rate = np.divide(k, n, out=np.zeros_like(k), where=n > 0)
+    code = np.where(rate < hard_below, 1, np.where(rate < easy_from, 2, 3))
+    code = np.where(k <= 0, 0, code)
+    return np.where((k >= n) & (n > 0), 4, code)
+
+
 def problem_stats(problem_ids, model_ids, correct, finish_reasons, cfg: DifficultyConfig) -> dict[tuple[str, str], dict]:
     """(problem_id, model) -> pass rate, counts, interval and tier. Failed generations are not attempts."""
     tallies: dict[tuple[str, str], list[int]] = {}
@@ -61,12 +99,18 @@ def problem_stats(problem_ids, model_ids, correct, finish_reasons, cfg: Difficul
         if fr != "error":
             t[0] += 1
             t[1] += bool(ok)
+    if not tallies:
+        return {}
+    n = np.array([t[0] for t in tallies.values()])
+    k = np.array([t[1] for t in tallies.values()])
+    low, high = pass_intervals(k, n, cfg.interval, cfg.confidence)
+    rate = np.divide(k, n, out=np.zeros(len(n)), where=n > 0)
+    tiers = tier_codes(k, n, cfg.hard_below, cfg.easy_from)
     stats = {}
-    for key, (n, k) in tallies.items():
-        rate = k / n if n else 0.0
-        low, high = pass_interval(k, n, cfg.interval, cfg.confidence)
-        stats[key] = {C.PASS_RATE: rate, C.N_SAMPLES: n, C.N_CORRECT: k, C.CI_LOW: low, C.CI_HIGH: high,
-                      C.DIFFICULTY_MODEL: key[1], C.TIER: tier_of(rate, cfg) if n else "unsolved"}
+    for i, key in enumerate(tallies):
+        stats[key] = {C.PASS_RATE: float(rate[i]), C.N_SAMPLES: int(n[i]), C.N_CORRECT: int(k[i]),
+                      C.CI_LOW: float(low[i]), C.CI_HIGH: float(high[i]), C.DIFFICULTY_MODEL: key[1],
+                      C.TIER: TIERS[tiers[i]]}
     return stats
 
 

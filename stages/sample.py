@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline import columns as C
+from stages.adaptive import DecideConfig, check_rounds
 from stages.base import Batch, Resources, Stage, StageConfig, batch_len
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,16 @@ class SampleConfig(StageConfig):
     backend: Literal["hf", "vllm", "auto"] = Field(
         "hf", description="hf: transformers generate; vllm: vllm.LLM; auto: vllm when a GPU and vllm are present."
     )
-    k: int = Field(4, ge=1, description="Completions per problem.")
+    k: int = Field(4, ge=1, description="Completions per problem (with rounds: the most a problem gets).")
+    rounds: tuple[int, ...] | None = Field(
+        None, description="Adaptive k: cumulative sample counts per round, e.g. [4, 8, 16, 32] (ending at k). "
+        "Samples are verified between rounds and a problem stops once `decide` says its difficulty is settled. "
+        "None: a fixed k per problem."
+    )
+    decide: DecideConfig | None = Field(
+        None, description="Adaptive k: when a problem is decided, and the verifier used between rounds "
+        "(default: tiers, predictive, confidence 0.95, math verifier)."
+    )
     temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(128, ge=1, description="Most new tokens per completion; longer ones end as 'length'.")
@@ -48,6 +58,11 @@ class SampleConfig(StageConfig):
     resources: Resources = Field(
         default_factory=lambda: Resources(batch_size=128), description="Ray resources of the sampling workers."
     )
+
+    @model_validator(mode="after")
+    def _rounds_end_at_k(self) -> "SampleConfig":
+        check_rounds(self.rounds, self.k)
+        return self
 
 
 @dataclass(frozen=True)
@@ -279,9 +294,13 @@ class SampleStage(Stage):
 
     @classmethod
     def rows_per_input(cls, cfg: SampleConfig) -> int | None:
-        return cfg.k
+        return None if cfg.rounds else cfg.k  # adaptive k: each problem yields as many rows as it needed
 
     def __call__(self, batch: Batch) -> Batch:
+        if self.cfg.rounds and C.SAMPLE_IDX not in batch:
+            from stages.adaptive import sample_in_rounds
+
+            return sample_in_rounds(self, batch)  # calls back here once per round, with explicit sample indices
         n = batch_len(batch)
         t0 = time.perf_counter()
         prompts = [self.backend.prompt_text(p) for p in batch[C.PROBLEM]]

@@ -26,6 +26,10 @@ from typing import Literal
 MAX_ANSWER_CHARS = 2000
 #: How many ``\boxed`` openings, from the end, are tried before giving up on boxed answers.
 MAX_BOXED_TRIES = 32
+#: How many "answer" / "####" occurrences, from the end, are tried as anchors.
+MAX_ANCHOR_TRIES = 256
+#: The last-number fallback looks at this many final characters only: a final answer sits at the end.
+LAST_NUMBER_WINDOW = 10_000
 #: A response this short, on one line, with few words, is its own answer ("bare").
 BARE_MAX_CHARS = 64
 BARE_MAX_WORDS = 6
@@ -35,12 +39,13 @@ Source = Literal["boxed", "tag", "hash", "answer_is", "bold", "bare", "last_numb
 _BOXED_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b")
 _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.S)
-_HASH = re.compile(r"####[ \t]*([^\n]*)")
+_HASH = re.compile(r"####[ \t]*(?P<hash>[^\n]*)")
 _ANSWER_IS = re.compile(
     r"\banswer\b[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|:|=)[ \t]*(?:[*_]{1,2}[ \t]*)?:?", re.IGNORECASE
 )
-_BOLD = re.compile(r"\*\*([^*\n]{1,100})\*\*")
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+_BOLD = re.compile(r"\*\*(?P<bold>[^*\n]{1,100})\*\*")
+# Starts with a plain character class: the regex engine scans multi-megabyte text for it quickly.
+_NUMBER = re.compile(r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _LEADING_SPACE = re.compile(r"\s*")
 
@@ -91,9 +96,9 @@ def extract_answer(text: str, *, last_number_fallback: bool = False) -> Extracti
 
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}``/``\\fbox{...}`` that closes within ``MAX_ANSWER_CHARS``, or None."""
-    end = len(text)
+    last = {command: text.rfind(command) for command in ("\\boxed", "\\fbox")}
     for _ in range(MAX_BOXED_TRIES):
-        position = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        command, position = max(last.items(), key=lambda item: item[1])
         if position < 0:
             return None
         opening = _BOXED_OPEN.match(text, position)
@@ -101,7 +106,7 @@ def last_boxed(text: str) -> str | None:
             content = _braced_content(text, opening.end())
             if content is not None:
                 return content
-        end = position
+        last[command] = text.rfind(command, 0, position)
     return None
 
 
@@ -138,12 +143,12 @@ def _last_anchored(text: str) -> Extraction | None:
     A span holding ``\\boxed`` is skipped: that box never closed, or the boxed source would have answered.
     """
     candidates: list[tuple[int, Extraction]] = []
-    hash_match = _last_match(_HASH, text)
+    hash_match = _last_anchor(_HASH, text, "####")
     if hash_match is not None:
-        span = strip_markdown(_sentence(hash_match.group(1)))
+        span = strip_markdown(_sentence(hash_match["hash"]))
         if span and not _BOX_COMMAND.search(span):
             candidates.append((hash_match.start(), Extraction(span, "hash")))
-    answer_match = _last_match(_ANSWER_IS, text)
+    answer_match = _last_anchor(_ANSWER_IS, text, "answer")
     if answer_match is not None:
         span = strip_markdown(_span_after(text, answer_match.end()))
         if span and not _BOX_COMMAND.search(span):
@@ -153,9 +158,30 @@ def _last_anchored(text: str) -> Extraction | None:
     return max(candidates, key=lambda c: c[0])[1]
 
 
-def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+def _last_anchor(pattern: re.Pattern[str], text: str, literal: str) -> re.Match[str] | None:
+    """The last match of ``pattern`` that starts at an occurrence of ``literal``, searched from the end with
+    ``rfind`` (C speed), trying at most ``MAX_ANCHOR_TRIES`` occurrences."""
+    haystack = text
+    if pattern.flags & re.IGNORECASE:
+        haystack = text.lower()
+        if len(haystack) != len(text):  # a few characters change length when lowered: positions would drift
+            return _last_in(pattern, text)
+    end = len(text)
+    for _ in range(MAX_ANCHOR_TRIES):
+        position = haystack.rfind(literal, 0, end)
+        if position < 0:
+            return None
+        match = pattern.match(text, position)
+        if match is not None:
+            return match
+        end = position
+    return None
+
+
+def _last_in(pattern: re.Pattern[str], text: str, start: int = 0) -> re.Match[str] | None:
+    """The last match of ``pattern`` in ``text[start:]`` (callers keep that tail short)."""
     last = None
-    for last in pattern.finditer(text):  # noqa: B007 - we want the last one
+    for last in pattern.finditer(text, start):  # noqa: B007 - keep the last
         pass
     return last
 
@@ -193,11 +219,11 @@ def _bold_on_last_line(text: str) -> str | None:
     line = stripped[stripped.rfind("\n") + 1 :]
     if len(line) > MAX_ANSWER_CHARS:
         return None
-    match = _last_match(_BOLD, line)
+    match = _last_in(_BOLD, line)
     if match is None:
         return None
-    inner = strip_markdown(match.group(1))
-    if not inner or match.group(1).rstrip().endswith(":"):  # a heading such as **Step 2:**
+    inner = strip_markdown(match["bold"])
+    if not inner or match["bold"].rstrip().endswith(":"):  # a heading such as **Step 2:**
         return None
     if any(c.isdigit() for c in inner) or "\\" in inner or len(inner) <= 3:
         return inner
@@ -214,6 +240,12 @@ def _bare(text: str) -> str | None:
 
 
 def last_number(text: str) -> str | None:
-    """The last number in ``text`` (thousands separators removed), or None."""
-    match = _last_match(_NUMBER, text)
-    return None if match is None else match.group().replace(",", "")
+    """The last number in the final ``LAST_NUMBER_WINDOW`` characters of ``text`` (thousands separators removed)."""
+    match = _last_in(_NUMBER, text, max(0, len(text) - LAST_NUMBER_WINDOW))
+    if match is None:
+        return None
+    number, start = match.group().replace(",", ""), match.start()
+    # A minus sign counts when it is not a subtraction ("= -5", "is -5", but not "10-5").
+    if start > 0 and text[start - 1] == "-" and (start < 2 or not (text[start - 2].isalnum() or text[start - 2] in ")]}")):
+        number = "-" + number
+    return number

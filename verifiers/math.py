@@ -38,6 +38,14 @@ _WORDS = re.compile(r"^[A-Za-z]{3,}(?:[ -][A-Za-z]+)*$")
 # Two words in a row, outside LaTeX commands: the answer is prose ("she makes 18 dollars a day").
 _PROSE = re.compile(r"(?<![\\A-Za-z{])[A-Za-z]{3,}\s+[A-Za-z]{3,}")
 _GOLD_CACHE_SIZE = 2048
+_WARM_UP = (
+    ("$\\frac{1}{2}$", "\\boxed{0.5}"),
+    ("$(x+1)^2$", "\\boxed{x^2+2x+1}"),
+    ("$[1, 2)$", "\\boxed{(1, 2]}"),
+    ("$y = 2x + 1$", "\\boxed{2x - y + 1 = 0}"),
+    ("$\\{1, 2\\}$", "\\boxed{2, 1}"),
+    ("12", "13"),
+)
 
 
 class MathOptions(VerifierOptions):
@@ -74,8 +82,10 @@ class MathVerifier(Verifier):
         logging.getLogger("math_verify").setLevel(logging.ERROR)
         from math_verify import parse, verify
 
-        gold = parse("$\\frac{1}{2}$", parsing_timeout=None)
-        verify(gold, parse("\\boxed{0.5}", parsing_timeout=None), timeout_seconds=None)
+        # One of each comparison path, so that sympy's lazily imported modules (simplify, solve, sets) load here,
+        # once, and not in every worker on its first item.
+        for gold, answer in _WARM_UP:
+            verify(parse(gold, parsing_timeout=None), parse(answer, parsing_timeout=None), timeout_seconds=None)
 
     def check(self, response: str, reference: str) -> Verdict:
         """Verify one response against one reference (runs in a worker)."""
@@ -134,8 +144,8 @@ def _to_latex(text: str, *, boxed: bool) -> str:
     number = _PLAIN_NUMBER.match(text)
     if number is not None:
         sign = "-" if number["sign"] in ("-", "\u2212") else ""
-        percent = "\\%" if number["percent"] else ""
-        return f"${sign}{number['number'].replace(',', '')}{percent}$"
+        # Bare, so that math-verify reads it with its fast number path rather than the LaTeX parser.
+        return f"{sign}{number['number'].replace(',', '')}{'%' if number['percent'] else ''}"
     if _WORDS.match(text):
         return f"$\\text{{{text}}}$"
     if boxed:

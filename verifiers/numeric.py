@@ -23,7 +23,8 @@ _LATEX_FRACTION = re.compile(r"(?P<sign>[-\u2212]?)\s*\\[dt]?frac\s*\{\s*(?P<num
 _SLASH_FRACTION = re.compile(r"(?<![\d.])(?P<sign>[-\u2212]?)(?P<num>\d+)\s*/\s*(?P<den>\d+)(?![\d.])")
 _NUMBER = re.compile(r"(?P<sign>[-\u2212]?)\s*(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
 _LATEX_SPACING = re.compile(r"\\[,;:! ]|\{,\}")
-_TEXT_WRAPPER = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox|boxed)\s*\{([^{}]*)\}")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]")
 
 
 class NumericOptions(VerifierOptions):
@@ -62,7 +63,10 @@ class NumericVerifier(Verifier):
 
 
 def parse_number(text: str) -> Fraction | None:
-    """The number an answer states, or None: ``"$1,000.50"`` -> 2001/2, ``"75%"`` -> 75, ``"2+3=5"`` -> 5."""
+    """The number an answer states, or None: ``"$1,000.50"`` -> 2001/2, ``"75%"`` -> 75, ``"2+3=5"`` -> 5.
+
+    LaTeX beyond fractions and text wrappers (``\\sqrt{2}``, ``2 \\times 10^3``) is not a plain number: None.
+    """
     text = _TEXT_WRAPPER.sub(r"\1", _LATEX_SPACING.sub("", text))
     if "=" in text:
         text = text.rsplit("=", 1)[1]
@@ -73,6 +77,8 @@ def parse_number(text: str) -> Fraction | None:
                 return None
             value = Fraction(int(match["num"]), int(match["den"]))
             return -value if match["sign"] else value
+    if _LATEX_COMMAND.search(text):
+        return None  # \sqrt{2}, 2 \times 10^3, \pi ...: not a plain number
     match = _NUMBER.search(text)
     if match is None:
         return None

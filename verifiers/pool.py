@@ -209,6 +209,7 @@ class WorkerPool:
                 message, fds, _, _ = socket.recv_fds(channel, 16, 1)
                 if len(message) == 8 and len(fds) == 1:
                     (pid,) = struct.unpack("q", message)
+                    os.set_inheritable(fds[0], False)  # a later fork or exec elsewhere must not keep it open
                     return _Worker(pid=pid, template=self._state.generation, conn=Connection(fds[0]))
             except OSError:
                 pass

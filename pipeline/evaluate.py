@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from stages.base import Frozen, Resources
+from stages.base import Frozen
 from stages.source import SourceConfig
 from stages.verify import VerifyConfig
 
@@ -309,7 +309,8 @@ def _sample_config(cfg: EvaluateConfig, sample_cfg, *, greedy: bool, seed: int, 
     update = {
         "k": 1 if greedy else cfg.n, "temperature": 0.0 if greedy else cfg.temperature,
         "top_p": 1.0 if greedy else cfg.top_p, "max_tokens": cfg.max_tokens or base.max_tokens, "seed": seed,
-        "gguf_file": gguf_file, "resources": Resources(num_cpus=threads, batch_size=cfg.batch_size),
+        "gguf_file": gguf_file, "threads": threads,
+        "resources": base.resources.model_copy(update={"batch_size": cfg.batch_size}),
     }
     return base.model_copy(update=update)
 
@@ -335,16 +336,18 @@ def evaluate(
     exclude_ids=(),
     exclude_texts=(),
     model_gguf: dict[str, str | None] | None = None,
+    pairs: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate each model on the held-out problems; write metrics.json (and the scored rows) into ``out_dir``.
 
     Args:
         models: name -> (model reference, resolved path), e.g. {"base": ("toy:student", path), "finetuned": (dir,
-            dir)}. When both "base" and "finetuned" are present, the paired difference is reported.
+            dir)}.
         sample_cfg: the run's sample stage config (prompt template, chat template, max_tokens, backend).
         verify_cfg: the verifier (default: ``cfg.verify``, else VerifyConfig()).
         exclude_ids / exclude_texts: problem ids and texts of the pool and the training set.
         model_gguf: name -> gguf_file, for models that ship GGUF.
+        pairs: (a, b) pairs reported as "a - b" with a paired interval; default: every model against "base".
     Returns the metrics dict (also written to ``out_dir/metrics.json``).
     """
     from stages.verify import VerifyStage
@@ -377,8 +380,9 @@ def evaluate(
             "completions": len(greedy_rows or []) + len(sampled_rows or []),
             "metrics": summarize(scores[name], cfg, seed),
         }
-    if "base" in scores and "finetuned" in scores:
-        result["difference"] = {"finetuned - base": paired_difference(scores["base"], scores["finetuned"], cfg, seed)}
+    if pairs is None:
+        pairs = [(name, "base") for name in scores if name != "base" and "base" in scores]
+    result["difference"] = {f"{a} - {b}": paired_difference(scores[b], scores[a], cfg, seed) for a, b in pairs}
     levels = Counter(str(r.get("level")) for r in heldout.rows)
     result["heldout"] = {
         "problems": len(heldout.rows), "per_level": dict(sorted(levels.items())), "dropped": heldout.dropped,

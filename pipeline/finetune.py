@@ -258,11 +258,15 @@ def train_once(job: dict[str, Any], save_dir: str | None, wrap_trainer: Any = No
     ``model_path``, ``columns`` (input_ids, completion_mask), ``sft_kwargs``, ``lora``, ``seed``, ``dtype``,
     ``gguf_file``, ``trust_remote_code``, ``threads``.
     """
+    import datasets
     import torch
-    from datasets import Dataset
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    # Per-trial bars (tokenizing, loading, saving) would drown a sweep's output; the stats file has the figures.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     t0 = time.perf_counter()
@@ -287,7 +291,7 @@ def train_once(job: dict[str, Any], save_dir: str | None, wrap_trainer: Any = No
             target_modules=target if isinstance(target, str) else list(target),
         )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict(job["columns"]), processing_class=tokenizer,
+        model=model, args=args, train_dataset=datasets.Dataset.from_dict(job["columns"]), processing_class=tokenizer,
         peft_config=peft_config,
     )
     trainer.remove_callback(PrinterCallback)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, RunConfig, config_json
@@ -21,10 +22,10 @@ def run_all(cfg: RunConfig, console=None) -> int:
     from pipeline.runner import run
 
     console = console or Console(stderr=True)
-    if cfg.evaluate is not None and cfg.finetune is None and not cfg.evaluate.model:
-        raise ConfigError("evaluate: nothing to evaluate; add a finetune block or set evaluate.model")
-    if cfg.finetune is not None and not any(name == "export" for name, _ in cfg.stages):
-        raise ConfigError("finetune: needs the export stage's dataset; add `export: {}` at the end of stages")
+    problem = check_steps(cfg)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     result = run(cfg, console=console)
     table = Table(title=f"lessmore run: {result.run_dir}")
     for col in ("stage", "status", "rows in", "rows out", "rejected", "kept", "dropped", "seconds"):
@@ -36,14 +37,30 @@ def run_all(cfg: RunConfig, console=None) -> int:
     console.print(table)
     if "dataset" in result.outputs:
         print(f"dataset: {result.outputs['dataset']}")
+    from pipeline.evaluate import EvaluateError
+    from pipeline.finetune import FinetuneError
+
     model_dir = None
-    if cfg.finetune is not None:
-        model_dir = _finetune_step(cfg, result, console)
-        print(f"model: {model_dir}")
-    if cfg.evaluate is not None:
-        metrics_path = _evaluate_step(cfg, result, model_dir, console)
-        print(f"metrics: {metrics_path}")
+    try:
+        if cfg.finetune is not None:
+            model_dir = _finetune_step(cfg, result, console)
+            print(f"model: {model_dir}")
+        if cfg.evaluate is not None:
+            metrics_path = _evaluate_step(cfg, result, model_dir, console)
+            print(f"metrics: {metrics_path}")
+    except (ConfigError, FinetuneError, EvaluateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def check_steps(cfg: RunConfig) -> str | None:
+    """Why the finetune/evaluate blocks cannot run with these stages (None when they can)."""
+    if cfg.evaluate is not None and cfg.finetune is None and not cfg.evaluate.model:
+        return "evaluate: nothing to evaluate; add a finetune block or set evaluate.model"
+    if cfg.finetune is not None and not any(name == "export" for name, _ in cfg.stages):
+        return "finetune: needs the export stage's dataset; add `export: {}` at the end of stages"
+    return None
 
 
 def _fingerprint(*parts: object) -> str:
@@ -93,14 +110,20 @@ def _finetune_step(cfg: RunConfig, result, console) -> Path:
     return model_dir
 
 
-def _pool_problems(result) -> tuple[set[str], set[str]]:
-    """Problem ids and texts of the pool (the source stage's output), to keep held-out problems disjoint."""
+def heldout_exclusions(result, with_training_set: bool = True) -> tuple[set[str], set[str]]:
+    """Problem ids and texts of the pool (the source stage's output) and of the exported training set, which
+    held-out problems must not share."""
     from pipeline import columns as C
     from pipeline import io
 
-    source = result.stages[0]
-    table = io.read_columns(source.directory, [C.PROBLEM_ID, C.PROBLEM])
-    return set(table[C.PROBLEM_ID].to_pylist()), set(table[C.PROBLEM].to_pylist())
+    table = io.read_columns(result.stages[0].directory, [C.PROBLEM_ID, C.PROBLEM])
+    ids, texts = set(table[C.PROBLEM_ID].to_pylist()), set(table[C.PROBLEM].to_pylist())
+    if with_training_set and "dataset" in result.outputs:
+        train = _training_rows(result)
+        if C.PROBLEM_ID in train.column_names:
+            ids |= set(train[C.PROBLEM_ID])
+        texts |= set(train["prompt"])
+    return ids, texts
 
 
 def _evaluate_step(cfg: RunConfig, result, model_dir: Path | None, console) -> Path:
@@ -129,12 +152,7 @@ def _evaluate_step(cfg: RunConfig, result, model_dir: Path | None, console) -> P
     else:
         (out_dir / MARKER).unlink(missing_ok=True)
         console.print(f"[bold cyan]{EVALUATE_DIR}[/]: {', '.join(models)} on held-out problems")
-        pool_ids, pool_texts = _pool_problems(result)
-        if model_dir is not None:
-            train = _training_rows(result)
-            if "problem_id" in train.column_names:
-                pool_ids |= set(train["problem_id"])
-            pool_texts |= set(train["prompt"])
+        pool_ids, pool_texts = heldout_exclusions(result)
         metrics = ev.evaluate(ec, models, out_dir, run_seed=cfg.seed, sample_cfg=sample_cfg, verify_cfg=verify_cfg,
                               exclude_ids=pool_ids, exclude_texts=pool_texts, model_gguf=gguf)
         (out_dir / MARKER).write_text(json.dumps({"fingerprint": fp}))

@@ -186,3 +186,45 @@ def test_evaluate_writes_metrics_with_levels_and_a_paired_difference(tiny_model,
     sampled = pq.read_table(tmp_path / "samples" / "finetuned_sampled.parquet")
     assert sampled.num_rows == 22 and {C.CORRECT, C.EXTRACTED, C.COMPLETION} <= set(sampled.column_names)
     assert metrics_table(metrics).row_count == 2 * 4 + 4
+
+
+def test_run_with_finetune_and_evaluate_blocks_leaves_dataset_model_and_metrics(
+    ray_local, toy_test_model, tmp_path, capsys
+):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from pipeline.config import parse_config
+    from pipeline.session import run_all
+
+    cfg = parse_config({
+        "name": "e2e", "output_root": str(tmp_path), "seed": 0, "ray": {"num_cpus": 2, "progress_bars": False},
+        "stages": {
+            "source": {"kind": "toyworld", "n": 24, "levels": [1, 2]},
+            "sample": {"model": toy_test_model, "k": 2, "max_tokens": 48, "threads": 2},
+            "verify": {"verifier": "math"},
+            "difficulty": {},
+            "curate": {"rule": "all"},
+            "export": {},
+        },
+        "finetune": {"student": toy_test_model, "steps": 4, "batch_size": 8, "micro_batch_size": 8, "threads": 2},
+        "evaluate": {"heldout": {"kind": "toyworld", "n": 20, "levels": [1, 2]}, "bootstrap": 200, "threads": 2},
+    })
+    log = StringIO()
+    assert run_all(cfg, console=Console(file=log, width=200)) == 0
+    printed = capsys.readouterr().out
+    run_dir = tmp_path / "e2e"
+    assert (run_dir / "finetune" / "model" / "config.json").is_file()
+    assert any(run_dir.glob("*_export/dataset/dataset_dict.json"))
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"base", "finetuned"}
+    assert set(metrics["models"]["finetuned"]["metrics"]["greedy_accuracy"]) == {"overall", "1", "2"}
+    assert "finetuned - base" in metrics["difference"]
+    assert "base greedy_accuracy:" in printed and "finetuned - base greedy_accuracy:" in printed
+    assert f"metrics: {run_dir / 'evaluate' / 'metrics.json'}" in printed
+    assert "held-out evaluation" in log.getvalue()
+    # A second run finds everything up to date.
+    log = StringIO()
+    run_all(cfg, console=Console(file=log, width=200))
+    assert "finetune: up to date, skipped" in log.getvalue() and "evaluate: up to date, skipped" in log.getvalue()

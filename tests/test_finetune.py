@@ -197,22 +197,13 @@ def test_bad_training_rows_say_what_is_missing(random_student, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_train_two_cpu_workers_match_one_worker(random_student, toy_rows, tmp_path):
+def test_ray_train_two_cpu_workers_match_one_worker(ray_local, random_student, toy_rows, tmp_path):
     """The same steps and global batch on 2 Ray Train workers (gloo) land where one process does."""
-    import os
-
-    import ray
-
     from pipeline.finetune import finetune, read_train_stats
 
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        common = dict(student=random_student, steps=25, batch_size=16, micro_batch_size=8, sft={"learning_rate": 3e-3})
-        one = finetune(FinetuneConfig(**common, num_workers=1, threads=2), toy_rows, tmp_path / "one", seed=0)
-        two = finetune(FinetuneConfig(**common, num_workers=2), toy_rows, tmp_path / "two", seed=0)
-    finally:
-        ray.shutdown()
+    common = dict(student=random_student, steps=25, batch_size=16, micro_batch_size=8, sft={"learning_rate": 3e-3})
+    one = finetune(FinetuneConfig(**common, num_workers=1, threads=2), toy_rows, tmp_path / "one", seed=0)
+    two = finetune(FinetuneConfig(**common, num_workers=2), toy_rows, tmp_path / "two", seed=0)
     stats = read_train_stats(tmp_path / "two")
     assert stats["optimizer_steps"] == 25 and stats["num_workers"] == 2
     before = completion_loss(random_student, toy_rows)

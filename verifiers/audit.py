@@ -200,7 +200,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
 
     table = Table(title=f"Verifier audit: {report['path']} ({report['n']} rows)")
     for column in ("verifier", "accuracy", "TP", "TN", "FP", "FN", "FP on traps", "p50 ms", "p99 ms"):
-        table.add_column(column, justify="left" if column == "verifier" else "right")
+        table.add_column(column, justify="left" if column == "verifier" else "right", no_wrap=column == "verifier")
     lines = [(name, report["summary"], report["trap_false_positives"]["verifier"])]
     if raw:
         lines.append(("raw math-verify", raw["summary"], report["trap_false_positives"]["raw_math_verify"]))

@@ -40,8 +40,10 @@ _BOXED_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b")
 _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.S)
 _HASH = re.compile(r"####[ \t]*(?P<hash>[^\n]*)")
+# "The answer is", "Final Answer: ", "**Answer:**", "the answer to the question is: " ...
 _ANSWER_IS = re.compile(
-    r"\banswer\b[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|:|=)[ \t]*(?:[*_]{1,2}[ \t]*)?:?", re.IGNORECASE
+    r"\banswer\b(?:[ \t]+(?:to|for|of)\b[^.\n:=]{0,40}?)?[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|:|=)[ \t]*(?:[*_]{1,2}[ \t]*)?:?",
+    re.IGNORECASE,
 )
 _BOLD = re.compile(r"\*\*(?P<bold>[^*\n]{1,100})\*\*")
 # Starts with a plain character class: the regex engine scans multi-megabyte text for it quickly.

@@ -44,7 +44,6 @@ class _Worker:
     pid: int
     conn: Connection
     template: int  # which template process forked it (a new template cannot kill an older one's workers)
-    reference: str | None = None  # the reference of the last item, for routing items of the same problem here
     item: int = -1
     started: float = 0.0
 
@@ -122,13 +121,14 @@ class WorkerPool:
         while queue or busy:
             while idle and queue:
                 worker = idle.pop()
-                index = queue.take(worker.reference)
+                index = queue.take(worker.pid)
                 response, reference = items[index]
-                worker.reference, worker.item, worker.started = reference, index, time.monotonic()
+                worker.item, worker.started = index, time.monotonic()
                 try:
                     worker.conn.send((index, response, reference))
                 except OSError:  # the worker died while idle: the item is its victim, not its cause
                     results[index] = (None, "error", _ms_since(worker.started))
+                    queue.release(worker.pid)
                     idle.append(self._replace(worker))
                     continue
                 busy[worker.conn] = worker
@@ -141,6 +141,7 @@ class WorkerPool:
                     index, verdict = conn.recv()
                 except (EOFError, OSError):  # crashed (for example killed by the kernel's OOM killer)
                     results[worker.item] = (None, "error", _ms_since(worker.started))
+                    queue.release(worker.pid)
                     idle.append(self._replace(worker))
                     continue
                 results[index] = (verdict, "", _ms_since(worker.started))
@@ -150,6 +151,7 @@ class WorkerPool:
                 if now - worker.started >= self.timeout_s:
                     del busy[conn]
                     results[worker.item] = (None, "timeout", _ms_since(worker.started))
+                    queue.release(worker.pid)
                     idle.append(self._replace(worker))
         return results  # type: ignore[return-value]
 
@@ -241,28 +243,40 @@ class WorkerPool:
 
 
 class _AffinityQueue:
-    """Item indices grouped by reference; a worker keeps taking items of the reference it already holds."""
+    """Item indices grouped by reference. A worker takes a whole group and drains it, so each worker parses a
+    reference once; a worker with nothing left takes the next waiting group, or, at the end of a batch, the back
+    half of the largest group another worker still holds. Every operation is O(1) or O(workers)."""
 
     def __init__(self, references: Sequence[str]) -> None:
-        self._groups: dict[str, collections.deque[int]] = {}
+        groups: dict[str, collections.deque[int]] = {}
         for index, reference in enumerate(references):
-            self._groups.setdefault(reference, collections.deque()).append(index)
+            groups.setdefault(reference, collections.deque()).append(index)
+        self._waiting = collections.deque(groups.values())
+        self._held: dict[int, collections.deque[int]] = {}
         self._left = len(references)
 
     def __bool__(self) -> bool:
         return self._left > 0
 
-    def take(self, reference: str | None) -> int:
-        group = self._groups.get(reference) if reference is not None else None
+    def take(self, worker: int) -> int:
+        """The next item for ``worker`` (any hashable key); only called while items are left."""
+        group = self._held.get(worker)
         if not group:
-            # Start the largest group left: fewer switches, and its reference gets parsed by fewer workers.
-            reference = max(self._groups, key=lambda r: len(self._groups[r]))
-            group = self._groups[reference]
-        index = group.popleft()
-        if not group:
-            del self._groups[reference]
+            if self._waiting:
+                group = self._waiting.popleft()
+            else:
+                donor = max(self._held.values(), key=len)
+                group = collections.deque(donor.pop() for _ in range((len(donor) + 1) // 2))
+                group.reverse()
+            self._held[worker] = group
         self._left -= 1
-        return index
+        return group.popleft()
+
+    def release(self, worker: int) -> None:
+        """Put back what a replaced worker still held, for the other workers."""
+        group = self._held.pop(worker, None)
+        if group:
+            self._waiting.appendleft(group)
 
 
 def _ms_since(started: float) -> float:

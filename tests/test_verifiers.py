@@ -1,0 +1,408 @@
+"""Verifiers: extraction, each verifier's table, options and registry errors, pickling, threads, Ray, audit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+
+from verifiers import VERIFIERS, Verdict, VerifierConfig, build_verifier
+from verifiers.audit import TRAP_CATEGORIES, add_cli, audit, read_labelled
+from verifiers.extract import extract_answer, last_boxed
+from verifiers.pool import _AffinityQueue
+
+LABELLED = Path(__file__).parent / "data" / "verifier_labelled.jsonl"
+
+
+@pytest.fixture(scope="module")
+def math_verifier():
+    with build_verifier("math", timeout_s=5, workers=2) as verifier:
+        yield verifier
+
+
+# -- extraction ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, answer, source",
+    [
+        (r"so \boxed{\frac{1}{2}} is it", r"\frac{1}{2}", "boxed"),
+        (r"first \boxed{1}, then \boxed{\{1, 2\}}", r"\{1, 2\}", "boxed"),
+        (r"\fbox{7}", "7", "boxed"),
+        (r"\boxed{3} and later \boxed{4", "3", "boxed"),  # unclosed last box is skipped
+        ("<answer> 42 </answer>", "42", "tag"),
+        ("9 * 2 = 18\n#### 18", "18", "hash"),
+        ("#### 3 The answer is: 4", "4", "answer_is"),  # the later anchor wins
+        ("The answer is 3.5 apples. Then 4.", "3.5 apples", "answer_is"),
+        ("The final answer is **73**.", "73", "answer_is"),
+        ("**Answer:** 12", "12", "answer_is"),
+        ("Final Answer:\n\n$x = 2$", "$x = 2$", "answer_is"),
+        ("lots of work\nso the total is **73**.", "73", "bold"),
+        ("  72  ", "72", "bare"),
+        ("(B)", "(B)", "bare"),
+    ],
+)
+def test_extract_answer_sources(text, answer, source):
+    extraction = extract_answer(text)
+    assert extraction is not None
+    assert (extraction.text, extraction.source) == (answer, source)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "We add 3 and 4 to get 7, then multiply by 2 which gives fourteen overall.",
+        r"The answer is \boxed{",
+        "**Step 2:**\n**Step 3:**",
+        "The answer is",
+    ],
+)
+def test_extract_answer_none(text):
+    assert extract_answer(text) is None
+
+
+def test_last_number_fallback_is_opt_in():
+    text = "We add 3 and 4 to get 7, then multiply by 2 which gives 1,400 overall after scaling."
+    assert extract_answer(text) is None
+    assert extract_answer(text, last_number_fallback=True).text == "1400"
+
+
+def test_last_boxed_nested_and_escaped_braces():
+    assert last_boxed(r"\boxed{\frac{a}{b^{2}}}") == r"\frac{a}{b^{2}}"
+    assert last_boxed(r"\boxed{\{1,2\}}") == r"\{1,2\}"
+    assert last_boxed(r"\boxed{") is None
+
+
+# -- math ---------------------------------------------------------------------------------------------------
+MATH_CASES = [
+    (r"so $\boxed{\frac{1}{2}}$", "0.5", True),
+    ("72+10=82. 82-75=7. Answer: \\boxed{7}", "7", True),
+    ("72+10=82. 82-75=8. Answer: \\boxed{8}", "7", False),
+    ("The answer is **73**.", "73", True),
+    (r"\boxed{\frac{1}{2^{98}}}", r"\frac{1}{2^{99}}", False),  # tiny values
+    (r"\boxed{0.333333}", r"\frac{1}{3}", True),
+    (r"\boxed{3}", "2, 3", False),  # equation list: one solution missing
+    (r"\boxed{3, 2}", "2, 3", True),
+    ("The answer is 3x + 4y + 14 = 0", "3x - y + 13 = 0", False),  # un-delimited equations
+    (r"\boxed{(x+1)^2}", "x^2+2x+1", True),
+    (r"\boxed{\text{Monday}}", r"\text{Monday}", True),
+    ("The answer is 12.5%", "12.5", True),
+    (r"\boxed{[2,5]}", "[2,5)", False),
+    ("She makes $18 a day. The answer is 18 dollars.", "18", True),
+]
+
+
+@pytest.mark.parametrize("response, reference, expected", MATH_CASES)
+def test_math_verifier_table(math_verifier, response, reference, expected):
+    verdict = math_verifier(response, reference)
+    assert verdict.correct is expected
+    assert verdict.reason == ("ok" if expected else "mismatch")
+    assert verdict.verifier == "math" and verdict.ms > 0
+
+
+def test_math_batch_keeps_order_and_flags_truncation(math_verifier):
+    responses = [c[0] for c in MATH_CASES]
+    references = [c[1] for c in MATH_CASES]
+    truncated = [i == 1 for i in range(len(MATH_CASES))]
+    verdicts = math_verifier.batch(responses, references, truncated)
+    assert [v.correct for v in verdicts] == [expected and i != 1 for i, (_, _, expected) in enumerate(MATH_CASES)]
+    assert verdicts[1].reason == "no_answer" and verdicts[1].extracted is None
+
+
+def test_accept_truncated_verifies_cut_completions():
+    verifier = build_verifier("numeric", accept_truncated=True)
+    assert verifier("Answer: \\boxed{7}", "7", truncated=True).correct
+    assert build_verifier("numeric")("Answer: \\boxed{7}", "7", truncated=True).reason == "no_answer"
+
+
+def test_math_parses_each_reference_once_per_worker(monkeypatch):
+    import math_verify
+
+    verifier = build_verifier("math")
+    verifier.prepare()
+    seen: list[str] = []
+    real_parse = math_verify.parse
+
+    def counting_parse(text, *args, **kwargs):
+        seen.append(text)
+        return real_parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(math_verify, "parse", counting_parse)
+    for answer in ("1", "2", "3"):
+        verifier.check(f"\\boxed{{{answer}}}", r"\frac{6}{2}")
+    assert sum(r"\frac{6}{2}" in text for text in seen) == 1
+    assert len(seen) == 4
+
+
+def test_affinity_queue_gives_each_worker_whole_problems():
+    references = ["a", "b", "a", "c", "b", "a"]
+    queue = _AffinityQueue(references)
+    taken = {1: [queue.take(1)], 2: [queue.take(2)]}
+    taken[1] += [queue.take(1), queue.take(1)]  # worker 1 drains problem "a"
+    assert [references[i] for i in taken[1]] == ["a", "a", "a"]
+    taken[2].append(queue.take(2))
+    assert [references[i] for i in taken[2]] == ["b", "b"]
+    queue.release(2)  # a replaced worker holds nothing more; "c" is still waiting
+    assert references[queue.take(3)] == "c"
+    assert not queue
+
+
+def test_affinity_queue_shares_the_last_big_problem():
+    queue = _AffinityQueue(["a"] * 6)
+    first = queue.take(1)
+    stolen = queue.take(2)  # nothing waits: worker 2 takes the back half of worker 1's group
+    assert first == 0 and stolen == 3
+    assert sorted([queue.take(1), queue.take(1), queue.take(2), queue.take(2)]) == [1, 2, 4, 5]
+    assert not queue
+
+
+# -- numeric, exact, choice -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "response, reference, expected, reason",
+    [
+        ("#### 1,000", "1000", True, "ok"),
+        ("The answer is $18.00.", "18", True, "ok"),
+        ("The answer is 75%", "75", True, "ok"),
+        ("So 9 * 2 = 18 dollars.\n#### 9 * 2 = 18", "18", True, "ok"),
+        (r"\boxed{\frac{3}{4}}", "0.75", True, "ok"),
+        ("The answer is -3", "3", False, "mismatch"),
+        ("The answer is seven", "7", False, "mismatch"),
+        ("no idea at all, sorry about this one friend", "7", False, "no_answer"),
+        ("#### 5", "five", False, "error"),
+    ],
+)
+def test_numeric_verifier(response, reference, expected, reason):
+    verdict = build_verifier("numeric")(response, reference)
+    assert (verdict.correct, verdict.reason) == (expected, reason)
+
+
+def test_numeric_tolerance_option():
+    assert not build_verifier("numeric")("#### 3.14", "3.14159").correct
+    assert build_verifier("numeric", rel_tol=1e-3)("#### 3.14", "3.14159").correct
+    assert build_verifier("numeric", abs_tol=0.01)("#### 3.14", "3.14159").correct
+
+
+@pytest.mark.parametrize(
+    "response, reference, expected",
+    [
+        (r"The capital is $\boxed{\text{Paris}}$.", "paris", True),
+        ("Answer: **Paris**.", "Paris", True),
+        ("Answer: Lyon", "Paris", False),
+    ],
+)
+def test_exact_verifier(response, reference, expected):
+    assert build_verifier("exact")(response, reference).correct is expected
+    assert build_verifier("exact", case_sensitive=True)("Answer: paris", "Paris").correct is False
+
+
+@pytest.mark.parametrize(
+    "response, reference, expected",
+    [
+        ("The answer is (C).", "C", True),
+        (r"\boxed{\text{(B)}}", "(B)", True),
+        ("Answer: B) 42", "B", True),
+        ("Answer: I think it is D", "D", True),
+        ("The answer is E", "A", False),
+    ],
+)
+def test_choice_verifier(response, reference, expected):
+    assert build_verifier("choice")(response, reference).correct is expected
+
+
+# -- reasoning_gym ------------------------------------------------------------------------------------------
+def test_reasoning_gym_verifier_uses_the_task_scorer():
+    import reasoning_gym
+
+    from verifiers.reasoning_gym import reference_for
+
+    entries = list(reasoning_gym.create_dataset("basic_arithmetic", seed=3, size=3))
+    references = [reference_for("basic_arithmetic", e) for e in entries]
+    responses = [f"<answer>{e['answer']}</answer>" for e in entries[:2]] + ["<answer>123456789</answer>"]
+    with build_verifier("reasoning_gym", timeout_s=10) as verifier:
+        verdicts = verifier.batch(responses, references)
+        assert [v.correct for v in verdicts] == [True, True, False]
+        assert [v.reason for v in verdicts] == ["ok", "ok", "mismatch"]
+        # the entry alone: the task comes from its metadata; the answer from the usual extraction
+        assert verifier(rf"\boxed{{{entries[0]['answer']}}}", json.dumps(entries[0])).correct
+        assert verifier("no answer here at all, just talking for a while", references[0]).reason == "no_answer"
+        assert verifier.check("<answer>1</answer>", "1").reason == "error"  # names no task
+    # a plain answer, with the task given as an option (checked in-process: check() is pure)
+    with_task = build_verifier("reasoning_gym", task="basic_arithmetic")
+    assert with_task.check(f"<answer>{entries[1]['answer']}</answer>", entries[1]["answer"]).correct
+    assert not with_task.check("<answer>0.5</answer>", entries[1]["answer"]).correct
+
+
+def test_reasoning_gym_unknown_task_lists_valid_tasks():
+    with pytest.raises(ValueError, match="unknown reasoning-gym task 'no_such_task'.*basic_arithmetic"):
+        build_verifier("reasoning_gym", task="no_such_task")
+
+
+# -- ensemble -----------------------------------------------------------------------------------------------
+def test_ensemble_keeps_member_verdicts_and_applies_policies():
+    response, reference = r"\boxed{18 \text{ dollars}}", "18"  # numeric: yes; exact: no
+    members = ["numeric", "exact", {"name": "numeric", "rel_tol": 0.1}]
+    by_policy = {p: build_verifier("ensemble", members=members, policy=p)(response, reference) for p in ("all", "any", "majority")}
+    assert (by_policy["all"].correct, by_policy["any"].correct, by_policy["majority"].correct) == (False, True, True)
+    verdict = by_policy["all"]
+    assert [m.verifier for m in verdict.members] == ["numeric", "exact", "numeric"]
+    assert [m.correct for m in verdict.members] == [True, False, True]
+    assert verdict.reason == "mismatch" and verdict.verifier == "ensemble"
+
+
+def test_ensemble_member_errors():
+    with pytest.raises(ValueError, match="needs a 'name'"):
+        build_verifier("ensemble", members=[{"rel_tol": 0.1}])
+    with pytest.raises(ValueError, match="unknown verifier 'nope'"):
+        build_verifier("ensemble", members=["nope"])
+
+
+# -- registry and options -------------------------------------------------------------------------------------
+def test_unknown_verifier_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        build_verifier("sympy")
+    for name in VERIFIERS:
+        assert name in str(info.value)
+
+
+def test_unknown_option_names_it_and_valid_ones():
+    with pytest.raises(ValueError, match=r"'tolerance'.*valid options: abs_tol, accept_truncated.*rel_tol"):
+        build_verifier("numeric", tolerance=0.1)
+
+
+def test_bad_option_value_is_explained():
+    with pytest.raises(ValueError, match="timeout_s"):
+        build_verifier("math", timeout_s=-1)
+    with pytest.raises(ValueError, match="workers >= 1|workers"):
+        build_verifier("math", workers=0)
+    with pytest.raises(ValueError, match="letters"):
+        build_verifier("choice", letters="abc")
+
+
+def test_verifier_config_validates_without_starting_anything():
+    config = VerifierConfig(name="numeric", options={"rel_tol": 0.01})
+    assert config.build()("#### 100.5", "100").correct
+    with pytest.raises(ValueError, match="unknown verifier"):
+        VerifierConfig(name="nope")
+    with pytest.raises(ValueError, match="'timeout'"):
+        VerifierConfig(name="math", options={"timeout": 3})
+
+
+def test_batch_argument_errors():
+    verifier = build_verifier("exact")
+    with pytest.raises(ValueError, match="2 responses but 1 references"):
+        verifier.batch(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="truncated flags"):
+        verifier.batch(["a"], ["a"], [True, False])
+
+
+def test_verdict_is_frozen():
+    verdict = Verdict(True, "1", "ok", "math", 1.0)
+    with pytest.raises(AttributeError):
+        verdict.correct = False  # type: ignore[misc]
+
+
+# -- pickling, threads, Ray -----------------------------------------------------------------------------------
+def test_pickled_verifier_works_in_threads(math_verifier):
+    math_verifier("warm up: \\boxed{1}", "1")  # the original keeps its pool; the copy starts its own
+    copy = pickle.loads(pickle.dumps(math_verifier))
+    assert copy.options == math_verifier.options
+    results: dict[int, list[Verdict]] = {}
+
+    def work(index: int) -> None:
+        verifier = copy if index % 2 else math_verifier
+        results[index] = verifier.batch([r"\boxed{\frac{2}{4}}", r"\boxed{3}"], ["0.5", "4"])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [[v.correct for v in results[i]] for i in range(4)] == [[True, False]] * 4
+    copy.close()
+
+
+def test_verifier_runs_inside_a_ray_task():
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote
+        def verify_remotely(verifier, responses, references):
+            return [(v.correct, v.reason) for v in verifier.batch(responses, references)]
+
+        verifier = build_verifier("math", timeout_s=10)
+        result = ray.get(verify_remotely.remote(verifier, [r"\boxed{\sqrt{4}}", "#### 5"], ["2", "6"]), timeout=120)
+        assert result == [(True, "ok"), (False, "mismatch")]
+    finally:
+        ray.shutdown()
+
+
+# -- audit ----------------------------------------------------------------------------------------------------
+def test_labelled_set_is_well_formed_and_large_enough():
+    rows, rejected = read_labelled(LABELLED)
+    assert not rejected
+    assert len(rows) >= 150
+    categories = {r["category"] for r in rows}
+    assert set(TRAP_CATEGORIES) <= categories
+    assert any(r.get("origin", "").startswith("smollm2") for r in rows)
+    for category in (*TRAP_CATEGORIES, "gsm8k_real", "arithmetic_chain"):  # both outcomes: FPs and FNs can show
+        assert {r["expected"] for r in rows if r["category"] == category} == {True, False}, category
+
+
+@pytest.fixture(scope="module")
+def math_audit():
+    return audit(LABELLED, "math", timeout_s=5, workers=2)
+
+
+def test_math_beats_raw_math_verify_on_the_labelled_set(math_audit):
+    ours, raw = math_audit["summary"], math_audit["raw_math_verify"]["summary"]
+    assert ours["accuracy"] >= raw["accuracy"]
+    fp = math_audit["trap_false_positives"]
+    assert fp["verifier"] < fp["raw_math_verify"]
+    assert ours["n"] == len(read_labelled(LABELLED)[0])
+    assert ours["tp"] + ours["tn"] + ours["fp"] + ours["fn"] == ours["n"]
+    assert ours["latency_ms"]["p50"] <= ours["latency_ms"]["p99"]
+
+
+def test_ensemble_audit_lists_member_verdicts_for_every_disagreement():
+    report = audit(LABELLED, "ensemble", compare_raw=False, members=["numeric", "exact"], policy="any")
+    assert report["disagreements"], "numeric and exact disagree somewhere on the labelled set"
+    for row in report["disagreements"]:
+        assert [m["verifier"] for m in row["members"]] == ["numeric", "exact"]
+        assert len({m["correct"] for m in row["members"]}) == 2
+        assert row["correct"] is True  # policy "any": one accepting member is enough
+    rows, _ = read_labelled(LABELLED)
+    responses, references = [r["response"] for r in rows], [r["reference"] for r in rows]
+    flags = [r.get("truncated", False) for r in rows]
+    numeric = build_verifier("numeric").batch(responses, references, flags)
+    exact = build_verifier("exact").batch(responses, references, flags)
+    differing = [row["line"] for row, a, b in zip(rows, numeric, exact) if a.correct != b.correct]
+    assert [row["line"] for row in report["disagreements"]] == differing  # every disagreeing row, no other
+    assert "raw_math_verify" not in report
+
+
+def test_audit_cli(tmp_path, capsys):
+    labelled = tmp_path / "labelled.jsonl"
+    lines = [
+        {"response": "#### 18", "reference": "18", "expected": True, "category": "gsm8k"},
+        {"response": "#### 17", "reference": "18", "expected": False, "category": "gsm8k"},
+        {"response": "#### 17", "reference": "18", "expected": True, "category": "gsm8k"},
+    ]
+    labelled.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    parser = argparse.ArgumentParser(prog="lessmore")
+    add_cli(parser.add_subparsers())
+    out = tmp_path / "report.json"
+    args = parser.parse_args(["audit-verifier", str(labelled), "--verifier", "numeric", "-o", "rel_tol=0", "--json", str(out)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "Verifier audit" in printed and "line 4 rejected" in printed
+    report = json.loads(out.read_text())
+    assert report["summary"]["fn"] == 1 and report["summary"]["accuracy"] == pytest.approx(2 / 3)
+    args = parser.parse_args(["audit-verifier", str(labelled), "--verifier", "numeric", "--no-raw", "--min-accuracy", "0.9"])
+    assert args.func(args) == 1
+    args = parser.parse_args(["audit-verifier", str(tmp_path / "missing.jsonl")])
+    assert args.func(args) == 2

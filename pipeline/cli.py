@@ -33,10 +33,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import ConfigError, load_config, with_export_overwrite
 
     try:
         cfg = load_config(args.config, args.set)
+        if args.overwrite:
+            cfg = with_export_overwrite(cfg)
         from pipeline.runner import check_columns
 
         check_columns(cfg)
@@ -45,7 +47,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     from pipeline.session import run_all
 
-    return run_all(cfg)
+    try:
+        return run_all(cfg)
+    except (ConfigError, FileExistsError) as e:  # FileExistsError: export.path exists and --overwrite was not given
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
@@ -68,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set stages.sample.k=8 (repeatable)")
         p.set_defaults(func=func)
+        if name == "run":
+            p.add_argument("--overwrite", action="store_true",
+                           help="let export replace an existing stages.export.path directory")
     sub.add_parser("config-reference", help="print the config reference (every key, type, default)").set_defaults(
         func=_cmd_reference)
     for module in COMMAND_MODULES:

@@ -84,7 +84,7 @@ def check_output_paths(cfg: "RunConfig") -> None:
     export_path = getattr(export, "path", None)
     if export_path:
         target = safe_join(cfg.output_root, export_path, field="stages.export.path")
-        if target == run_dir or run_dir in target.parents or target in run_dir.parents or target == run_dir.parent:
+        if target == run_dir or run_dir in target.parents or target in run_dir.parents:
             raise ConfigError(f"stages.export.path: {export_path} overlaps the run directory {run_dir}; "
                               "choose a directory of its own inside output_root, e.g. datasets/<name>")
 
@@ -224,6 +224,13 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     """Load, override and validate a config file."""
     return parse_config(apply_overrides(load_yaml(path), overrides or []))
+
+
+def with_export_overwrite(cfg: RunConfig) -> RunConfig:
+    """The same config with ``stages.export.overwrite`` on (what ``lessmore run --overwrite`` means)."""
+    if cfg.stage("export") is None:
+        return cfg
+    return parse_config(apply_overrides(cfg.to_yaml_dict(), ["stages.export.overwrite=true"]))
 
 
 def config_json(cfg: Frozen) -> str:

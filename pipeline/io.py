@@ -20,11 +20,33 @@ def to_arrow(batch: dict[str, list[Any]]):
         values = list(values)
         typ = types.get(name)
         try:
-            arrays.append(pa.array(values, type=typ) if typ is not None else pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            arrays.append(pa.array([None if v is None else str(v) for v in values], type=pa.string()))
+            arrays.append(_array(values, typ))
+        except UnicodeEncodeError:
+            # Lone surrogates (a JSON "\ud800" escape) are not UTF-8, which Parquet strings must be: keep the text
+            # with U+FFFD in their place rather than fail the whole batch.
+            arrays.append(_array([_valid_unicode(v) for v in values], typ))
         names.append(name)
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def _array(values: list[Any], typ):
+    import pyarrow as pa
+
+    try:
+        return pa.array(values, type=typ) if typ is not None else pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def _valid_unicode(value: Any) -> Any:
+    """``value`` with lone surrogates in its strings replaced by U+FFFD (surrogate pairs are kept)."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_valid_unicode(v) for v in value]
+    if isinstance(value, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
+    return value
 
 
 def from_arrow(table) -> dict[str, list[Any]]:

@@ -89,6 +89,7 @@ def stage_fingerprint(upstream: str, name: str, cfg, extra: str = "") -> str:
     stage = stage_class(name)
     body = json.loads(config_json(cfg))
     body.pop("resources", None)  # where a stage runs does not change what it outputs
+    body.pop("overwrite", None)  # nor does permission to replace an earlier export
     payload = json.dumps([upstream, name, body, _code_hash(stage), extra], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
@@ -176,11 +177,12 @@ class Runner:
         if stage.kind == "source":
             self._run_source(stage, scfg, out_dir)
         elif stage.kind == "sink":
-            extra = stage(scfg).write(upstream_dir, str(out_dir), self.context) or {}
+            # Sinks may publish outside their stage directory, but only inside output_root (they check it).
+            extra = stage(scfg, output_root=self.cfg.output_root).write(upstream_dir, str(out_dir), self.context) or {}
         else:
             self._ensure_ray()
             prepared = stage.prepare(scfg, upstream_dir, self.context)
-            self._run_distributed(stage, scfg, prepared, out_dir, upstream_dir)
+            extra = self._run_distributed(stage, scfg, prepared, out_dir, upstream_dir)
         seconds = time.perf_counter() - t0
         res = self._account(stage, scfg, out_dir, upstream_dir, fp, status, seconds, extra)
         (out_dir / MARKER).write_text(json.dumps({"fingerprint": fp, "result": res.__dict__}, indent=1, default=str))
@@ -210,23 +212,57 @@ class Runner:
         for batch in stage(scfg, seed=self.cfg.seed).read():
             io.write_part(self._split_rejects(io.to_arrow(batch), out_dir), out_dir)
 
-    def _run_distributed(self, stage: type[Stage], scfg, prepared: dict, out_dir: Path, upstream_dir: str) -> None:
+    def _run_distributed(self, stage: type[Stage], scfg, prepared: dict, out_dir: Path, upstream_dir: str) -> dict:
+        """Streams the stage through an actor pool into part files; returns how many rows this call wrote."""
         import ray
 
         res = scfg.resources
-        ds = ray.data.read_parquet(upstream_dir)
-        done = self._done_keys(stage, out_dir)
-        if done:
-            ds = ds.map_batches(_skip_done, fn_kwargs={"key": stage.input_key, "done": done}, batch_format="pyarrow")
+        rows_before = io.count_rows(out_dir) + io.count_rows(self._rejects_dir(out_dir))
+        work = self._plan_slices(stage, upstream_dir, out_dir, res.batch_size)
+        if not work:
+            return {"rows_already_done": rows_before, "rows_written": 0}
+        # The driver plans the reads: one item per batch of upstream rows (a part file and a row range, or the rows
+        # left after a resume). A zero-CPU task reads it, so the read never waits for CPUs held by the actor pool
+        # (read_parquet's file listing needs a CPU and deadlocks when the pool holds them all), and every batch is
+        # its own block: the pool's actors share the work, and a crash loses at most the batches in flight.
+        ds = ray.data.from_items(work, override_num_blocks=len(work))
+        ds = ds.map_batches(_read_slices, batch_size=1, batch_format="pyarrow", num_cpus=0)
         ds = ds.map_batches(
             _StageUDF, fn_constructor_kwargs={"stage": stage, "cfg": scfg, "prepared": prepared},
             batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
+            # Node loss is survived by Ray Data's defaults for actor pools (max_restarts=-1, max_task_retries=-1:
+            # a lost actor restarts elsewhere and its batches are retried); never pass max_restarts=0 here. Part
+            # files and resume keys keep the retried rows from being written twice.
             compute=ray.data.ActorPoolStrategy(size=res.concurrency),
         )
-        # Each block is the output of whole input batches, so a part file never holds half a problem.
+        # Each block is the output of whole input batches, so a part file never holds half a problem. The driver
+        # holds one block at a time: its memory does not grow with the pool.
+        rows_written = 0
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows_written += block.num_rows
             io.write_part(self._split_rejects(block, out_dir), out_dir)
-    def _done_keys(self, stage: type[Stage], out_dir: Path) -> list[tuple] | None:
+        return {"rows_already_done": rows_before, "rows_written": rows_written}
+
+    def _plan_slices(self, stage: type[Stage], upstream_dir: str, out_dir: Path, batch_size: int) -> list[dict]:
+        """Work items of at most ``batch_size`` upstream rows whose outputs are not written yet."""
+        import pyarrow.parquet as pq
+
+        done = self._done_keys(stage, out_dir)
+        work: list[dict] = []
+        for path in io.part_files(upstream_dir):
+            if done is None:
+                n = pq.ParquetFile(path).metadata.num_rows
+                todo: list[list[int]] = [[i, min(i + batch_size, n)] for i in range(0, n, batch_size)]
+            else:
+                keys = pq.read_table(path, columns=list(stage.input_key))
+                left = [i for i, key in enumerate(zip(*(keys[c].to_pylist() for c in stage.input_key)))
+                        if key not in done]
+                todo = [left[i:i + batch_size] for i in range(0, len(left), batch_size)]
+            # JSON text: one column type for every item, whatever shape its rows have
+            work += [{"slice": json.dumps({"path": str(path), "range": done is None, "rows": rows})} for rows in todo]
+        return work
+
+    def _done_keys(self, stage: type[Stage], out_dir: Path) -> set[tuple] | None:
         if not io.part_files(out_dir) and not io.part_files(self._rejects_dir(out_dir)):
             return None
         keys = set()
@@ -235,7 +271,7 @@ class Runner:
             if t.num_rows:
                 keys.update(zip(*(t[c].to_pylist() for c in stage.input_key)))
         self.console.print(f"  {len(keys)} input rows already done; resuming the rest")
-        return sorted(keys)
+        return keys
 
     # -- accounting ----------------------------------------------------------------------------------------
     def _account(self, stage, scfg, out_dir, upstream_dir, fp, status, seconds, extra) -> StageResult:
@@ -296,13 +332,16 @@ class _StageUDF:
         return io.to_arrow(self.stage(io.from_arrow(table)))
 
 
-def _skip_done(table, key: tuple[str, ...], done: list[tuple]):
-    """Drops input rows whose outputs a killed run already wrote."""
+def _read_slices(items):
+    """Reads the upstream rows that work items name (a row range of a part file, or explicit rows)."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    done_set = set(map(tuple, done))
-    mask = [tuple(v) not in done_set for v in zip(*(table[c].to_pylist() for c in key))]
-    return table.filter(pa.array(mask, type=pa.bool_()))
+    tables = []
+    for item in map(json.loads, items["slice"].to_pylist()):
+        table, rows = pq.read_table(item["path"]), item["rows"]
+        tables.append(table.slice(rows[0], rows[1] - rows[0]) if item["range"] else table.take(pa.array(rows, pa.int64())))
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def run(cfg: RunConfig, console=None) -> RunResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,19 @@ class ExportConfig(StageConfig):
     repo_id: str | None = Field(None, description="Hub repo to push to (needs HF_TOKEN in the environment).")
     private: bool = Field(True, description="Push as a private dataset.")
     license: str = Field("apache-2.0", description="License named in the card.")
+    path: str | None = Field(
+        None, description="Publish the dataset (dataset/, parquet/, README.md) into this directory, relative to "
+        "output_root (it cannot leave it), instead of the stage directory. An existing directory is never "
+        "replaced unless `overwrite` is set."
+    )
+    overwrite: bool = Field(
+        False, description="Replace an existing `path` (`lessmore run --overwrite` sets it). Changes no output, so "
+        "it is not part of the stage fingerprint."
+    )
+
+
+class ExportExists(FileExistsError):
+    """export.path already holds something and overwriting was not asked for."""
 
 
 class ExportStage(Stage):
@@ -40,11 +54,31 @@ class ExportStage(Stage):
     config_model = ExportConfig
     requires = (C.KEPT, C.PROBLEM, C.COMPLETION)
 
+    def __init__(self, cfg: ExportConfig, output_root: str | None = None, **prepared: Any) -> None:
+        super().__init__(cfg, **prepared)
+        self.output_root = output_root
+
+    def target_dir(self, out_dir: str) -> Path:
+        """Where the dataset goes: ``output_root/path`` when ``path`` is set (checked), else the stage directory."""
+        if not self.cfg.path:
+            return Path(out_dir)
+        from pipeline.config import safe_join
+
+        if self.output_root is None:
+            raise ValueError("export.path needs the run's output_root; run the stage through the runner")
+        return safe_join(self.output_root, self.cfg.path, field="stages.export.path")
+
     def write(self, upstream_dir: str, out_dir: str, context: RunContext) -> dict[str, Any]:
         import datasets
 
         from pipeline import io
 
+        target = self.target_dir(out_dir)
+        if self.cfg.path and target.exists() and any(target.iterdir()) and not self.cfg.overwrite:
+            raise ExportExists(
+                f"export: {target} already exists; refusing to overwrite it. Run again with `lessmore run --overwrite` "
+                f"(or set stages.export.overwrite: true), or choose another stages.export.path"
+            )
         datasets.disable_progress_bars()
         files = [str(p) for p in io.part_files(upstream_dir)]
         if not files:
@@ -55,7 +89,11 @@ class ExportStage(Stage):
         kept = kept.select_columns(keep_cols).rename_column(C.PROBLEM, "prompt")
         kept = kept.sort(C.PROBLEM_ID) if len(kept) else kept
         dd = datasets.DatasetDict({"train": kept})
-        out = Path(out_dir)
+        # With export.path, build next to the target and swap it in whole: a killed export leaves either the old
+        # dataset or the new one, never a mix.
+        out = target.parent / f".{target.name}.tmp-{os.getpid()}" if self.cfg.path else Path(out_dir)
+        if self.cfg.path and out.exists():
+            shutil.rmtree(out)
         dataset_dir = out / "dataset"
         dd.save_to_disk(str(dataset_dir))
         parquet_dir = out / "parquet"
@@ -71,6 +109,10 @@ class ExportStage(Stage):
 
             HfApi(token=token).upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md",
                                            repo_id=self.cfg.repo_id, repo_type="dataset")
+        if self.cfg.path:
+            _replace_dir(out, target)
+            (Path(out_dir) / "README.md").write_text(card)
+            dataset_dir, parquet_dir = target / "dataset", target / "parquet"
         log.info("dataset written to %s", dataset_dir)
         return {"outputs": {"dataset": str(dataset_dir), "parquet": str(parquet_dir / "train.parquet")},
                 "rows": len(kept)}
@@ -133,3 +175,14 @@ Built with lessmore.
 {yaml.safe_dump(config, sort_keys=False).strip()}
 ```
 """
+
+
+def _replace_dir(built: Path, target: Path) -> None:
+    """Move ``built`` to ``target``, replacing what was there; the old copy is removed only once the new is in."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(built, target)
+    if old.exists():
+        shutil.rmtree(old)

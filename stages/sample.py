@@ -307,6 +307,9 @@ class SampleStage(Stage):
     def prepare(cls, cfg: SampleConfig, upstream_dir: str, context) -> dict[str, Any]:
         from pipeline.models import resolve_model
 
+        if cfg.trust_remote_code:  # said on the driver too: worker logs are not shown by default
+            log.warning("stages.sample.trust_remote_code is on: code shipped with model %s will run on every "
+                        "sampling worker", cfg.model)
         # Build or locate the model once on the driver, so workers never race to build it.
         return {"seed": cfg.seed if cfg.seed is not None else context.seed, "model_path": resolve_model(cfg.model)}
 

@@ -7,8 +7,8 @@ process; the verifier runs ``batch`` over all items. Worker start-up is excluded
 
 Printed per W: verifications/s, speed-up over raw, and the scaling ratio per worker,
 ``throughput(W) / (W * throughput(raw))`` (1.0 = every worker as fast as raw math-verify on one core) and
-``throughput(W) / (W * throughput(W=1))``. Timings on shared cores are noisy: each figure is the best of
-``--repeats`` runs.
+``throughput(W) / (W * throughput(W=1))``. Timings on shared cores are noisy: the setups are measured in
+interleaved rounds and each figure is the best of ``--repeats`` rounds.
 
     python bench/verify_throughput.py --workers 1 2 --samples 4 --repeats 3
 """
@@ -84,15 +84,18 @@ def main() -> None:
     responses, references = load_workload(args.labelled, args.samples, args.categories)
     n = len(responses)
     time_raw(responses[: min(50, n)], references[: min(50, n)])  # import and warm math-verify
-    raw_s = min(time_raw(responses, references) for _ in range(args.repeats))
-    raw_rate = n / raw_s
-    measured = {}
-    for workers in args.workers:
-        runs = [time_verifier(workers, responses, references, args.timeout_s) for _ in range(args.repeats)]
-        seconds, timeouts = min(runs)
-        measured[workers] = (n / seconds, timeouts)
+    # Interleaved rounds (raw, W=1, W=2, ... then again), so that a change in the machine's load between phases
+    # does not land on one setup only; the best round of each setup is kept.
+    raw_runs: list[float] = []
+    runs: dict[int, list[tuple[float, int]]] = {workers: [] for workers in args.workers}
+    for _ in range(args.repeats):
+        raw_runs.append(time_raw(responses, references))
+        for workers in args.workers:
+            runs[workers].append(time_verifier(workers, responses, references, args.timeout_s))
+    raw_rate = n / min(raw_runs)
+    measured = {workers: (n / min(r)[0], min(r)[1]) for workers, r in runs.items()}
 
-    console = Console()
+    console = Console(width=120)
     subset = ", ".join(args.categories) if args.categories else "all categories"
     table = Table(title=f"math verification throughput: {n} items ({subset}; {args.samples} samples per problem), "
                   f"best of {args.repeats}")

@@ -118,6 +118,7 @@ class Verifier:
     def _setup_runtime(self) -> None:
         self._pool = None
         self._pool_lock = threading.Lock()
+        self._prepared = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"options": self.options.model_dump()}
@@ -203,7 +204,7 @@ class Verifier:
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _ensure_prepared(self) -> None:
-        if not getattr(self, "_prepared", False):
+        if not self._prepared:
             self.prepare()
             self._prepared = True
 

@@ -19,6 +19,7 @@ length and bounded by ``MAX_ANSWER_CHARS``, so a multi-megabyte or adversarial r
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +51,7 @@ _BOLD = re.compile(r"\*\*(?P<bold>[^*\n]{1,100})\*\*")
 _NUMBER = re.compile(r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _LEADING_SPACE = re.compile(r"\s*")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,8 @@ def _last_anchored(text: str) -> Extraction | None:
 def _last_anchor(pattern: re.Pattern[str], text: str, literal: str) -> re.Match[str] | None:
     """The last match of ``pattern`` that starts at an occurrence of ``literal``, searched from the end with
     ``rfind`` (C speed), trying at most ``MAX_ANCHOR_TRIES`` occurrences."""
-    haystack = text
-    if pattern.flags & re.IGNORECASE:
-        haystack = text.lower()
-        if len(haystack) != len(text):  # a few characters change length when lowered: positions would drift
-            return _last_in(pattern, text)
+    # ASCII-only lowering keeps every position in place (str.lower() changes the length of a few characters).
+    haystack = text.translate(_ASCII_LOWER) if pattern.flags & re.IGNORECASE else text
     end = len(text)
     for _ in range(MAX_ANCHOR_TRIES):
         position = haystack.rfind(literal, 0, end)
@@ -206,10 +205,10 @@ def _sentence(line: str) -> str:
 
 
 def strip_markdown(span: str) -> str:
-    """Remove markdown emphasis and surrounding punctuation: ``**73**.`` gives ``73``."""
+    """Remove markdown emphasis and surrounding punctuation: ``**73**.`` gives ``73`` (``5!`` stays ``5!``)."""
     span = span.replace("**", "").replace("__", "")
     span = span.strip().strip("*_`").strip()
-    while span and span[-1] in ".,;:!":
+    while span and span[-1] in ".,;:":
         span = span[:-1].rstrip()
     while span and span[0] in ":=":
         span = span[1:].lstrip()

@@ -4,9 +4,10 @@ Steps (all inside a worker process with a hard deadline, see ``verifiers.pool``)
 
 1. extract the final answer with ``verifiers.extract`` (boxed, ####, "the answer is", ...). math-verify is never
    pointed at the whole response, where it would pick up an intermediate number;
-2. turn the answer and the reference into delimited LaTeX before parsing: math-verify reads bare text as a plain
-   expression, so an un-delimited ``3x+4y+14=0`` or ``x^2+2x+1`` parses to ``0`` or nothing, and ``2, 3`` to ``3``;
-   a plain number with words after it ("18 dollars") is reduced to the number;
+2. wrap the answer and the reference in ``$...$`` before parsing: math-verify reads bare text as a plain
+   expression, so an un-delimited ``3x+4y+14=0`` or ``x^2+2x+1`` parses to ``0`` or nothing, and ``2, 3`` to ``3``.
+   A plain number, with words after it or not ("18 dollars", "$1,000", "25%"), goes to math-verify's fast number
+   reader as the bare number; plain words ("Monday") are compared as ``\text{...}``;
 3. ``verify(gold, answer)``, gold first, with math-verify's signal timeouts off (they fail off the main thread);
 4. a relative-tolerance check on numbers: math-verify rounds to ``float_rounding`` decimals, which makes
    ``1/2^99`` equal ``1/2^98`` and ``0.001`` equal ``0.0010001``.
@@ -29,7 +30,7 @@ from verifiers.extract import Extraction, clean_text, extract_answer
 _DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox|\\begin\{")
 _PLAIN_NUMBER = re.compile(
     r"^(?:\\?\$\s*)?(?P<sign>[-+\u2212]?)\s*(?:\\?\$\s*)?"
-    r"(?P<number>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?P<number>[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
     r"\s*(?P<percent>\\?%|percent\b)?"
     r"(?:\s+[A-Za-z]{2,}[A-Za-z.'/-]*){0,4}\s*$"
 )
@@ -173,7 +174,7 @@ def numbers_differ(gold: list[Any], answer: list[Any], rel_tol: float) -> bool:
 
 def _without_percent(parsed: list[Any]) -> list[Any]:
     """``parsed`` with a percentage ``X%`` (X * 1/100 unevaluated) replaced by X."""
-    return [_percent_value(item) or item for item in parsed]
+    return [item if (value := _percent_value(item)) is None else value for item in parsed]
 
 
 def _percent_value(expr: Any) -> Any:

@@ -37,9 +37,8 @@ WORD_TOKENS = ("Compute ", "Answer: ", "\\boxed{")
 CHAR_TOKENS = tuple("0123456789") + tuple("+-*=. \n}")
 VOCABULARY = SPECIAL_TOKENS + WORD_TOKENS + CHAR_TOKENS
 
-# Draws allowed per requested problem before a level counts as exhausted (level 1 has only ~9,900 distinct problems).
-_DRAWS_PER_PROBLEM = 50
-_MIN_DRAWS_PER_LEVEL = 20_000
+# Repeats in a row after which a level counts as exhausted (level 1 has only 9,979 distinct problems).
+_MAX_REPEATS_IN_A_ROW = 5_000
 
 
 def _apply(value: int, operation: str, operand: int) -> int:
@@ -127,7 +126,7 @@ def make_problems(
         `level` (int) and `solution` (the worked steps ending in " Answer: \\boxed{46}"). No problem appears twice.
 
     Raises:
-        ValueError: a level cannot supply that many distinct problems (level 1 has about 9,900).
+        ValueError: a level cannot supply that many distinct problems (level 1 has 9,979).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}.")
@@ -137,19 +136,21 @@ def make_problems(
     rows: list[dict] = []
     for level, count in zip(levels, _level_counts(n, levels, level_weights), strict=True):
         seen: set[tuple[int, tuple]] = set()
-        draws_left = max(_MIN_DRAWS_PER_LEVEL, _DRAWS_PER_PROBLEM * count)
+        repeats_in_a_row = 0
         while len(seen) < count:
-            if draws_left == 0:
-                raise ValueError(
-                    f"Could draw only {len(seen)} distinct level-{level} problems of the {count} requested; "
-                    f"ask for fewer problems or give level {level} a smaller weight."
-                )
-            draws_left -= 1
             start, steps = _draw_chain(rng, level)
             key = (start, tuple(steps))
-            if key not in seen:
-                seen.add(key)
-                rows.append(_render(start, steps, level))
+            if key in seen:
+                repeats_in_a_row += 1
+                if repeats_in_a_row == _MAX_REPEATS_IN_A_ROW:
+                    raise ValueError(
+                        f"Could draw only {len(seen)} distinct level-{level} problems of the {count} requested; "
+                        f"ask for fewer problems or give level {level} a smaller weight."
+                    )
+                continue
+            repeats_in_a_row = 0
+            seen.add(key)
+            rows.append(_render(start, steps, level))
     rng.shuffle(rows)
     return rows
 
@@ -159,7 +160,7 @@ def draw_training_problems(
 ) -> list[dict]:
     """Draws `n` independent problems, repeats allowed (fresh data for training, like an endless stream).
 
-    Unlike `make_problems`, repeats are kept: forcing distinct problems would distort the level-1 mix once its ~9,900
+    Unlike `make_problems`, repeats are kept: forcing distinct problems would distort the level-1 mix once its 9,979
     problems run short (multiplication has only 178 of them).
     """
     levels = tuple(levels)

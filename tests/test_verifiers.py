@@ -324,21 +324,16 @@ def test_pickled_verifier_works_in_threads(math_verifier):
     copy.close()
 
 
-def test_verifier_runs_inside_a_ray_task():
-    import ray
+def test_verifier_runs_inside_a_ray_task(ray_local):
+    ray = ray_local
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
+    @ray.remote
+    def verify_remotely(verifier, responses, references):
+        return [(v.correct, v.reason) for v in verifier.batch(responses, references)]
 
-        @ray.remote
-        def verify_remotely(verifier, responses, references):
-            return [(v.correct, v.reason) for v in verifier.batch(responses, references)]
-
-        verifier = build_verifier("math", timeout_s=10)
-        result = ray.get(verify_remotely.remote(verifier, [r"\boxed{\sqrt{4}}", "#### 5"], ["2", "6"]), timeout=120)
-        assert result == [(True, "ok"), (False, "mismatch")]
-    finally:
-        ray.shutdown()
+    verifier = build_verifier("math", timeout_s=10)
+    result = ray.get(verify_remotely.remote(verifier, [r"\boxed{\sqrt{4}}", "#### 5"], ["2", "6"]), timeout=180)
+    assert result == [(True, "ok"), (False, "mismatch")]
 
 
 # -- audit ----------------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ class Verifier:
         Items that share a reference are routed to the same worker where possible, so each worker reads a
         reference once and reuses it for all samples of that problem.
         """
-        responses, references, truncated = _check_batch_args(responses, references, truncated)
+        responses, references, truncated = coerce_batch_args(responses, references, truncated)
         verdicts: list[Verdict | None] = [None] * len(responses)
         todo: list[int] = []
         for i, is_truncated in enumerate(truncated):
@@ -225,9 +225,10 @@ class Verifier:
         return Verdict(correct, extracted, reason, self.name, 0.0)
 
 
-def _check_batch_args(
+def coerce_batch_args(
     responses: Sequence[Any], references: Sequence[Any], truncated: Sequence[bool] | None
 ) -> tuple[list[str], list[str], list[bool]]:
+    """Batch arguments as lists of text and flags; mismatched lengths raise ValueError saying what to pass."""
     responses = [_coerce_text(r) for r in responses]
     references = [_coerce_text(r) for r in references]
     if len(responses) != len(references):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from verifiers.base import Reason, Verdict, Verifier, _check_batch_args, validate_options
+from verifiers.base import Reason, Verdict, Verifier, coerce_batch_args, validate_options
 
 
 class EnsembleOptions(BaseModel):
@@ -55,7 +55,7 @@ class EnsembleVerifier(Verifier):
         truncated: Sequence[bool] | None = None,
     ) -> list[Verdict]:
         """Run every member on the batch (each in its own workers) and combine the votes per item."""
-        responses, references, flags = _check_batch_args(responses, references, truncated)
+        responses, references, flags = coerce_batch_args(responses, references, truncated)
         verdicts: list[Verdict | None] = [
             Verdict(False, None, "no_answer", self.name, 0.0) if flag and not self.options.accept_truncated else None
             for flag in flags

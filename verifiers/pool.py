@@ -35,6 +35,11 @@ from typing import Any
 #: Seconds allowed for the template process to import and warm the verifier (not part of any item's deadline).
 STARTUP_TIMEOUT_S = 120.0
 
+#: Items sent ahead to a busy worker (a result and the next item cross while the worker computes).
+PIPELINE_DEPTH = 2
+#: Items larger than this (response + reference characters) are sent only to an idle worker.
+PIPELINE_MAX_CHARS = 32_000
+
 _FORK, _KILL = b"F", b"K"
 _READY = b"R"
 
@@ -44,8 +49,8 @@ class _Worker:
     pid: int
     conn: Connection
     template: int  # which template process forked it (a new template cannot kill an older one's workers)
-    item: int = -1
-    started: float = 0.0
+    inflight: collections.deque[int] = field(default_factory=collections.deque)  # sent, not answered; head runs
+    started: float = 0.0  # when the head item started
 
 
 @dataclass
@@ -115,44 +120,52 @@ class WorkerPool:
         self._ensure_workers()
         results: list[tuple[Any, str, float] | None] = [None] * len(items)
         queue = _AffinityQueue([reference for _, reference in items])
-        idle = list(self._state.workers)
-        busy: dict[Connection, _Worker] = {}
+        workers = {worker.conn: worker for worker in self._state.workers}
 
-        while queue or busy:
-            while idle and queue:
-                worker = idle.pop()
-                index = queue.take(worker.pid)
-                response, reference = items[index]
-                worker.item, worker.started = index, time.monotonic()
-                try:
-                    worker.conn.send((index, response, reference))
-                except OSError:  # the worker died while idle: the item is its victim, not its cause
-                    results[index] = (None, "error", _ms_since(worker.started))
-                    queue.release(worker.pid)
-                    idle.append(self._replace(worker))
-                    continue
-                busy[worker.conn] = worker
+        def fail(worker: _Worker, reason: str) -> None:
+            """The worker's current item gets ``reason``; its queued items go back; a fresh worker replaces it."""
+            results[worker.inflight.popleft()] = (None, reason, _ms_since(worker.started))
+            queue.put_back(worker.inflight)
+            queue.release(worker.pid)
+            del workers[worker.conn]
+            fresh = self._replace(worker)
+            workers[fresh.conn] = fresh
+
+        while queue or any(w.inflight for w in workers.values()):
+            for worker in list(workers.values()):
+                # Up to PIPELINE_DEPTH items per worker, so that it starts the next one without waiting for us
+                # to be scheduled; large items go only to an idle worker (a send to a busy one could block).
+                while queue and len(worker.inflight) < PIPELINE_DEPTH:
+                    index = queue.peek(worker.pid)
+                    response, reference = items[index]
+                    if worker.inflight and len(response) + len(reference) > PIPELINE_MAX_CHARS:
+                        break
+                    queue.take(worker.pid)
+                    if not worker.inflight:
+                        worker.started = time.monotonic()
+                    worker.inflight.append(index)
+                    try:
+                        worker.conn.send((index, response, reference))
+                    except OSError:  # the worker died: its current item is its victim, not its cause
+                        fail(worker, "error")
+                        break
+            busy = [w for w in workers.values() if w.inflight]
             if not busy:
                 continue
-            deadline = min(w.started for w in busy.values()) + self.timeout_s
-            for conn in wait(list(busy), timeout=max(0.0, deadline - time.monotonic())):
-                worker = busy.pop(conn)  # type: ignore[arg-type]
+            deadline = min(w.started for w in busy) + self.timeout_s
+            for conn in wait([w.conn for w in busy], timeout=max(0.0, deadline - time.monotonic())):
+                worker = workers[conn]  # type: ignore[index]
                 try:
-                    index, verdict = conn.recv()
+                    while worker.inflight and conn.poll(0):
+                        index, verdict = conn.recv()
+                        results[worker.inflight.popleft()] = (verdict, "", _ms_since(worker.started))
+                        worker.started = time.monotonic()  # the next queued item starts now
                 except (EOFError, OSError):  # crashed (for example killed by the kernel's OOM killer)
-                    results[worker.item] = (None, "error", _ms_since(worker.started))
-                    queue.release(worker.pid)
-                    idle.append(self._replace(worker))
-                    continue
-                results[index] = (verdict, "", _ms_since(worker.started))
-                idle.append(worker)
+                    fail(worker, "error")
             now = time.monotonic()
-            for conn, worker in list(busy.items()):
-                if now - worker.started >= self.timeout_s:
-                    del busy[conn]
-                    results[worker.item] = (None, "timeout", _ms_since(worker.started))
-                    queue.release(worker.pid)
-                    idle.append(self._replace(worker))
+            for worker in list(workers.values()):
+                if worker.inflight and now - worker.started >= self.timeout_s:
+                    fail(worker, "timeout")
         return results  # type: ignore[return-value]
 
     # -- process management ----------------------------------------------------------------------------------
@@ -258,8 +271,23 @@ class _AffinityQueue:
     def __bool__(self) -> bool:
         return self._left > 0
 
+    def peek(self, worker: int) -> int:
+        """The item ``take(worker)`` would return next."""
+        return self._group_for(worker)[0]
+
     def take(self, worker: int) -> int:
         """The next item for ``worker`` (any hashable key); only called while items are left."""
+        self._left -= 1
+        return self._group_for(worker).popleft()
+
+    def put_back(self, indices: collections.deque[int]) -> None:
+        """Return items that were taken but not done (a replaced worker's queued items), first in line."""
+        if indices:
+            self._waiting.appendleft(collections.deque(indices))
+            self._left += len(indices)
+            indices.clear()
+
+    def _group_for(self, worker: int) -> collections.deque[int]:
         group = self._held.get(worker)
         if not group:
             if self._waiting:
@@ -269,8 +297,7 @@ class _AffinityQueue:
                 group = collections.deque(donor.pop() for _ in range((len(donor) + 1) // 2))
                 group.reverse()
             self._held[worker] = group
-        self._left -= 1
-        return group.popleft()
+        return group
 
     def release(self, worker: int) -> None:
         """Put back what a replaced worker still held, for the other workers."""

@@ -172,6 +172,9 @@ def test_affinity_queue_shares_the_last_big_problem():
         ("The answer is seven", "7", False, "mismatch"),
         ("no idea at all, sorry about this one friend", "7", False, "no_answer"),
         ("#### 5", "five", False, "error"),
+        ("The answer is 15%.", "0.15", True, "ok"),  # a percentage reads as its number or its fraction
+        (r"\boxed{3x + 4y + 14 = 0}", "3x - y + 13 = 0", False, "error"),  # an equation is not a number
+        ("The answer is x = 5", "5", True, "ok"),
     ],
 )
 def test_numeric_verifier(response, reference, expected, reason):

@@ -2,8 +2,9 @@
 
 Reads integers, decimals and simple fractions (``3/4``, ``\\frac{3}{4}``); strips thousands separators, currency
 signs, percent signs, LaTeX text wrappers and unit words (``$1,000.50``, ``75%``, ``18 dollars``). When the answer
-is a chain ("2 + 3 = 5"), the part after the last ``=`` counts. Pure Python and linear-time, so it runs in the
-calling process by default (``workers=0``).
+is a chain or an assignment ("2 + 3 = 5", "x = 5"), the part after the last ``=`` counts; an equation in unknowns
+is not a number. A percentage matches its number or its fraction (``25%`` matches 25 and 0.25). Pure Python and
+linear-time, so it runs in the calling process by default (``workers=0``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _NUMBER = re.compile(r"(?P<sign>[-\u2212]?)\s*(?P<digits>\d{1,3}(?:,\d{3})+(?:\.
 _LATEX_SPACING = re.compile(r"\\[,;:! ]|\{,\}")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox|boxed)\s*\{([^{}]*)\}")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]")
+_VARIABLE = re.compile(r"^\s*[A-Za-z]\w*\s*$")  # "x = 5"
+_ARITHMETIC = re.compile(r"^[0-9\s.,+\-*/()$%^\u00d7\u00f7]*$")  # "9 * 2 = 18", "2 + 3 = 5 = 5"
 
 
 class NumericOptions(VerifierOptions):
@@ -51,7 +54,10 @@ class NumericVerifier(Verifier):
         if extraction is None:
             return self._verdict(False, None, "no_answer")
         value = parse_number(extraction.text)
-        correct = value is not None and self._close(value, expected)
+        # A percentage may mean its number or its fraction ("25%" vs 25 or 0.25), as in the math verifier.
+        correct = value is not None and any(
+            self._close(a, b) for a in _readings(value, extraction.text) for b in _readings(expected, reference)
+        )
         return self._verdict(correct, extraction.text, "ok" if correct else "mismatch")
 
     def _close(self, a: Fraction, b: Fraction) -> bool:
@@ -62,6 +68,10 @@ class NumericVerifier(Verifier):
         return difference <= rel_tol * max(abs(a), abs(b)) or difference <= Fraction(self.options.abs_tol)
 
 
+def _readings(value: Fraction, text: str) -> tuple[Fraction, ...]:
+    return (value, value / 100) if "%" in text or "percent" in text else (value,)
+
+
 def parse_number(text: str) -> Fraction | None:
     """The number an answer states, or None: ``"$1,000.50"`` -> 2001/2, ``"75%"`` -> 75, ``"2+3=5"`` -> 5.
 
@@ -69,7 +79,9 @@ def parse_number(text: str) -> Fraction | None:
     """
     text = _TEXT_WRAPPER.sub(r"\1", _LATEX_SPACING.sub("", text))
     if "=" in text:
-        text = text.rsplit("=", 1)[1]
+        left, text = text.rsplit("=", 1)
+        if not (_VARIABLE.match(left) or _ARITHMETIC.match(left)):
+            return None  # an equation in unknowns ("3x - y + 13 = 0") is not a number
     for pattern in (_LATEX_FRACTION, _SLASH_FRACTION):
         match = pattern.search(text)
         if match is not None:

@@ -74,6 +74,20 @@ def test_adversarial_batch_and_recovery():
         assert verifier(r"\boxed{2}", "2").correct
 
 
+def test_large_items_behind_a_stuck_item_do_not_block_the_deadline():
+    """Items queued behind a stuck one are re-sent to the replacement worker; a multi-megabyte item is never
+    queued at a busy worker, so the parent never blocks on a full socket and enforces the deadline on time."""
+    with build_verifier("math", timeout_s=DEADLINE_S, workers=1) as verifier:
+        verifier(r"\boxed{1}", "1")
+        big = "lorem ipsum " * 200_000 + r"\boxed{2}"
+        items = [ADVERSARIAL["exponent_tower"], (big, "2"), (r"\boxed{3}", "3"), (r"\boxed{4}", "5")]
+        started = time.monotonic()
+        verdicts = verifier.batch([r for r, _ in items], [g for _, g in items])
+        elapsed = time.monotonic() - started
+        assert [v.reason for v in verdicts] == ["timeout", "ok", "ok", "mismatch"]
+        assert elapsed <= DEADLINE_S + GRACE_S + 1.0
+
+
 class _GreedyVerifier(Verifier):
     """Allocates what the reference asks for (in MiB), or kills its own process on "crash"."""
 

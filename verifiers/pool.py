@@ -35,9 +35,12 @@ from typing import Any
 #: Seconds allowed for the template process to import and warm the verifier (not part of any item's deadline).
 STARTUP_TIMEOUT_S = 120.0
 
-#: Items sent ahead to a busy worker (a result and the next item cross while the worker computes).
-PIPELINE_DEPTH = 2
-#: Items larger than this (response + reference characters) are sent only to an idle worker.
+#: Items in flight per worker: the worker starts the next one without waiting for the parent to be scheduled,
+#: which on a loaded machine can take longer than an item does.
+PIPELINE_DEPTH = 8
+#: Characters (response + reference) that may wait in a busy worker's socket. Kept well under the socket buffer,
+#: so that a send to a stuck worker never blocks the parent (which must stay free to enforce deadlines); an item
+#: larger than this goes only to an idle worker.
 PIPELINE_MAX_CHARS = 32_000
 
 _FORK, _KILL = b"F", b"K"
@@ -121,6 +124,7 @@ class WorkerPool:
         results: list[tuple[Any, str, float] | None] = [None] * len(items)
         queue = _AffinityQueue([reference for _, reference in items])
         workers = {worker.conn: worker for worker in self._state.workers}
+        sizes = [len(response) + len(reference) for response, reference in items]
 
         def fail(worker: _Worker, reason: str) -> None:
             """The worker's current item gets ``reason``; its queued items go back; a fresh worker replaces it."""
@@ -133,12 +137,12 @@ class WorkerPool:
 
         while queue or any(w.inflight for w in workers.values()):
             for worker in list(workers.values()):
-                # Up to PIPELINE_DEPTH items per worker, so that it starts the next one without waiting for us
-                # to be scheduled; large items go only to an idle worker (a send to a busy one could block).
+                # Keep up to PIPELINE_DEPTH items queued at each worker (within PIPELINE_MAX_CHARS).
                 while queue and len(worker.inflight) < PIPELINE_DEPTH:
                     index = queue.peek(worker.pid)
                     response, reference = items[index]
-                    if worker.inflight and len(response) + len(reference) > PIPELINE_MAX_CHARS:
+                    waiting = sum(sizes[i] for i in list(worker.inflight)[1:])
+                    if worker.inflight and waiting + sizes[index] > PIPELINE_MAX_CHARS:
                         break
                     queue.take(worker.pid)
                     if not worker.inflight:

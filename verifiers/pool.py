@@ -197,7 +197,9 @@ class WorkerPool:
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.PIPE,
                 env=env,
-                start_new_session=True,  # a Ctrl-C meant for the caller reaches it through the closed socket
+                # Its own process group, so a Ctrl-C at the terminal reaches it only through the closed socket;
+                # but the caller's session, so that it shares CPU like any child (Linux autogroups are per session).
+                process_group=0,
             )
         assert template.stdin is not None
         try:

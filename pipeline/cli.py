@@ -15,7 +15,7 @@ import os
 import sys
 
 # Modules that add their own sub-commands through add_cli(subparsers).
-COMMAND_MODULES = ("verifiers.audit", "pipeline.theory_cli")
+COMMAND_MODULES = ("verifiers.audit", "pipeline.theory_cli", "pipeline.sweep_cli")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

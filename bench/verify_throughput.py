@@ -8,7 +8,9 @@ process; the verifier runs ``batch`` over all items. Worker start-up is excluded
 Printed per W: verifications/s, speed-up over raw, and the scaling ratio per worker,
 ``throughput(W) / (W * throughput(raw))`` (1.0 = every worker as fast as raw math-verify on one core) and
 ``throughput(W) / (W * throughput(W=1))``. Timings on shared cores are noisy: the setups are measured in
-interleaved rounds and each figure is the best of ``--repeats`` rounds.
+interleaved rounds and each figure is the best of ``--repeats`` rounds. On a machine whose cores are busy with
+other work, Linux gives each session (autogroup) one share of CPU however many processes it runs, so W > 1 shows
+its scaling only on free cores.
 
     python bench/verify_throughput.py --workers 1 2 --samples 4 --repeats 3
 """
@@ -114,8 +116,8 @@ def main() -> None:
         )
     console.print(table)
     console.print(
-        f"cpu cores visible: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f} "
-        "(shared cores make these figures noisy; compare runs taken at the same load)"
+        f"cpu cores visible: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}. With the cores busy elsewhere "
+        "(load above the core count) the per-worker ratios measure the machine, not the pool."
     )
 
 

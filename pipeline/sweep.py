@@ -53,6 +53,7 @@ REFERENCE_DIR = "reference"
 TRIALS_DIR = "trials"
 TUNE_DIR = "tune"
 RESULT_FILE = "result.json"
+TRIALS_FILE = "trials.json"
 SCORES_FILE = "scores.parquet"
 
 # rule name -> CurateConfig fields. Label-agnostic rules train on one completion per problem, correct or not.
@@ -818,16 +819,18 @@ def run_trials(cfg: SweepConfig, specs: list[dict[str, Any]], console=None):
     return tuner.fit()
 
 
-def results_table(specs: list[dict[str, Any]], grid, run_dir: str | os.PathLike):
+def results_table(specs: list[dict[str, Any]], grid, run_dir: str | os.PathLike,
+                  errors: dict[str, str] | None = None):
     """One row per trial: its cell, status (ok / error / missing), the error text, and its flat metrics.
 
-    ``grid`` is Tune's ResultGrid (or any iterable of objects with ``config``, ``metrics`` and ``error``). A trial is
-    ``ok`` when its result file exists under the current fingerprint; trials Tune reports as errored keep their error.
+    ``grid`` is Tune's ResultGrid (or any iterable of objects with ``config``, ``metrics`` and ``error``; None when
+    nothing ran). A trial is ``ok`` when its result file exists under the current fingerprint; trials Tune reports as
+    errored keep their error, and ``errors`` (trial id -> text) adds errors known from an earlier run.
     """
     import pandas as pd
 
     run_dir = Path(run_dir)
-    errors: dict[str, str] = {}
+    errors = dict(errors or {})
     for result in grid or ():
         config = getattr(result, "config", None) or {}
         tid = (config.get("trial") or {}).get("trial_id")
@@ -905,6 +908,7 @@ def run_sweep(cfg: SweepConfig, console=None) -> dict[str, Any]:
     specs = expand_grid(cfg)
     for spec in specs:
         spec["fingerprint"] = ctx.fingerprint(spec)
+    (run_dir / TRIALS_FILE).write_text(json.dumps(specs, indent=1) + "\n")
     console.print(f"[bold cyan]trials[/]: {len(specs)} ({sum(s['kind'] == 'loop' for s in specs)} loop chains) "
                   f"under Ray Tune, {cfg.tune.cpus_per_trial:g} CPU each")
     t0 = time.perf_counter()
@@ -928,3 +932,32 @@ def run_sweep(cfg: SweepConfig, console=None) -> dict[str, Any]:
     return {"run_dir": str(run_dir), "report": str(report_path), "trials": len(specs),
             "ok": int((table["status"] == "ok").sum()), "failed": failed["trial_id"].tolist(),
             "seconds": timing["total_seconds"]}
+
+
+def rewrite_report(cfg: SweepConfig, console=None) -> dict[str, Any]:
+    """Rewrite ``run_dir/report/`` from the trials on disk, running nothing (e.g. with other report settings, or
+    while a sweep still runs: its unfinished trials show as missing). Returns the same summary as ``run_sweep``."""
+    import pandas as pd
+
+    from pipeline.report import write_report
+
+    run_dir = cfg.resolved_run_dir
+    if not (run_dir / TRIALS_FILE).is_file() or not (run_dir / REFERENCE_DIR / "metrics.json").is_file():
+        raise ConfigError(f"{run_dir}: no sweep has reached its trials here yet; run `lessmore sweep CONFIG` first")
+    specs = json.loads((run_dir / TRIALS_FILE).read_text())
+    previous = run_dir / "report" / "results.csv"
+    errors = {}
+    if previous.is_file():
+        old = pd.read_csv(previous)
+        errors = {r["trial_id"]: str(r["error"]) for r in old[old["status"] == "error"].to_dict("records")}
+    table = results_table(specs, None, run_dir, errors=errors)
+    timing_path = run_dir / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    reference = json.loads((run_dir / REFERENCE_DIR / "metrics.json").read_text())
+    report_path = write_report(run_dir, cfg, table, read_manifest(run_dir), reference, timing=timing)
+    failed = table[table["status"] != "ok"]
+    if console is not None:
+        console.print(f"report: {report_path} ({len(specs) - len(failed)}/{len(specs)} trials ok)")
+    return {"run_dir": str(run_dir), "report": str(report_path), "trials": len(specs),
+            "ok": int((table["status"] == "ok").sum()), "failed": failed["trial_id"].tolist(),
+            "seconds": timing.get("total_seconds") if timing else None}

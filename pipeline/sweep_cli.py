@@ -3,6 +3,7 @@
     lessmore sweep configs/phase_tiny.yaml                 # pool, trials under Ray Tune, report (resumes)
     lessmore sweep configs/phase_smoke.yaml --set output_root=/tmp/runs
     lessmore sweep configs/phase_gpu.yaml --validate       # check a config without running it
+    lessmore sweep configs/phase_tiny.yaml --report-only   # rewrite the report from the trials on disk
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set grid.seeds=[0] (repeatable)")
     sweep.add_argument("--validate", action="store_true", help="check the config and list the trials; run nothing")
+    sweep.add_argument("--report-only", action="store_true",
+                       help="rewrite run_dir/report/ from the trials on disk; run nothing")
     sweep.set_defaults(func=run_sweep_command)
     return sweep
 
@@ -48,9 +51,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"{args.config}: valid; {len(specs) - loops} grid trials + {loops} loop chains "
               f"({cfg.loop.rounds} rounds), {len(cfg.pool.generators)} generator pool(s) -> {cfg.resolved_run_dir}")
         return 0
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep import rewrite_report, run_sweep
 
-    summary = run_sweep(cfg)
+    if args.report_only:
+        from rich.console import Console
+
+        try:
+            summary = rewrite_report(cfg, console=Console(stderr=True))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        summary = run_sweep(cfg)
     print(f"report: {summary['report']}")
     return 0 if not summary["failed"] else 1
 

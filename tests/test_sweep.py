@@ -253,3 +253,21 @@ def test_smoke_sweep_resumes_after_a_kill_and_writes_the_report(tmp_path, toy_te
     loop = json.loads((run_dir / TRIALS_DIR / "loop-all" / RESULT_FILE).read_text())
     assert [r["round"] for r in loop["rounds"]] == [1, 2]
     assert loop["rounds"][1]["data_source"] == "round 1 model"
+
+    # The report alone, from the trials on disk, with other report settings: nothing runs again.
+    from pipeline.sweep import rewrite_report
+
+    cfg = load_sweep_config(ROOT / "configs" / "phase_smoke.yaml",
+                            [f"output_root={tmp_path}", "report.confidence=0.5"])
+    summary = rewrite_report(cfg)
+    assert summary["ok"] == 6 and "50% bootstrap" in (report / "report.md").read_text()
+    for name, content in before.items():
+        assert (run_dir / TRIALS_DIR / name / RESULT_FILE).read_bytes() == content, name
+
+
+def test_report_only_needs_a_sweep_that_reached_its_trials(tmp_path):
+    from pipeline.sweep import rewrite_report
+
+    cfg = parse_sweep_config(_config(output_root=str(tmp_path)))
+    with pytest.raises(ConfigError, match="run `lessmore sweep CONFIG` first"):
+        rewrite_report(cfg)

@@ -9,7 +9,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-slow test-vllm bench clean
+.PHONY: run test test-cluster test-slow test-vllm bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# Multi-node Ray cluster and fault tests (ray start head + worker, node loss, driver kill -9).
+test-cluster: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m cluster
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m slow

@@ -92,9 +92,13 @@ def test_auto_backend_choice(monkeypatch):
     assert choose_backend(SampleConfig(backend="auto")) == "hf"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
+
+    def vllm_present(present: bool):
+        return lambda name, *a: (object() if present else None) if name == "vllm" else real_find_spec(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", vllm_present(True))
     assert choose_backend(SampleConfig(backend="auto")) == "vllm"
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", vllm_present(False))
     assert choose_backend(SampleConfig(backend="auto")) == "hf"
     assert choose_backend(SampleConfig(backend="vllm")) == "vllm"
 
@@ -123,7 +127,8 @@ def test_stage_cache_k4_to_k8_and_temperature(toy_test_model: str, tmp_path: Pat
     assert {key: by_key8[key] for key in by_key4} == by_key4
     # The cached indices equal what generating them again gives (cache hits are faithful).
     uncached = _stage(toy_test_model, k=8)(batch)
-    assert {(p, j): t for p, j, t in zip(uncached[C.PROBLEM_ID], uncached[C.SAMPLE_IDX], uncached[C.COMPLETION])} == by_key8
+    regenerated = zip(uncached[C.PROBLEM_ID], uncached[C.SAMPLE_IDX], uncached[C.COMPLETION])
+    assert {(p, j): t for p, j, t in regenerated} == by_key8
 
     hotter = _stage(toy_test_model, k=4, temperature=1.3, cache_dir=str(tmp_path))
     hotter(batch)
@@ -143,7 +148,7 @@ def test_runner_with_cache_resamples_only_new_indices(toy_test_model: str, tmp_p
                 "source": {"kind": "toyworld", "n": 6, "levels": [1, 2]},
                 "sample": {"model": toy_test_model, "backend": "hf", "k": k, "max_tokens": 32, "threads": 1,
                            "cache_dir": str(tmp_path / "cache"),
-                           "resources": {"num_cpus": 1, "concurrency": 2, "batch_size": 3}},
+                           "resources": {"num_cpus": 1, "concurrency": 1, "batch_size": 3}},
             },
         })
 

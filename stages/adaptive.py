@@ -13,7 +13,8 @@ When is a problem decided (``decide.method``)?
   tier now is at least ``confidence``. This targets exactly "what fixed k = K would say".
 - ``interval``: the binomial interval of the pass rate (Wilson or Jeffreys, at ``confidence``) lies inside the current
   tier's range of pass rates. The tiers ``unsolved`` (exactly 0) and ``solved`` (exactly 1) have no width, so
-  problems with no (or only) correct samples always run to the last round under this method.
+  problems with no (or only) correct samples always run to the last round under this method, unless
+  ``exact_ends: false`` folds them into hard and easy.
 
 ``decide.by: band`` decides membership of [lo, hi] instead (below / inside / above), for ``pass_rate_band`` rules.
 """
@@ -39,6 +40,10 @@ class DecideConfig(Frozen):
                               "(keep equal to the difficulty stage's).")
     easy_from: float = Field(2 / 3, gt=0, lt=1, description="Tier cut: pass rates in [easy_from, 1) are 'easy' "
                              "(keep equal to the difficulty stage's).")
+    exact_ends: bool = Field(
+        True, description="by: tiers: tell unsolved from hard and solved from easy (false: decide three tiers, "
+        "hard/medium/easy, which needs far fewer samples for problems near pass rate 0 or 1)."
+    )
     band: tuple[float, float] = Field((0.2, 0.8), description="by: band: the inclusive pass-rate band [lo, hi].")
     method: Literal["predictive", "interval"] = Field(
         "predictive", description="predictive: stop when the tier at the full budget is predicted with probability "
@@ -85,7 +90,8 @@ def classes(n_correct, n, decide: DecideConfig) -> np.ndarray:
     k = np.asarray(n_correct, dtype=float)
     n = np.asarray(n, dtype=float)
     if decide.by == "tiers":
-        return tier_codes(k, n, decide.hard_below, decide.easy_from)
+        codes = tier_codes(k, n, decide.hard_below, decide.easy_from)
+        return codes if decide.exact_ends else np.clip(codes, 1, 3)
     rate = np.divide(k, n, out=np.zeros_like(k), where=n > 0)
     lo, hi = decide.band
     return np.where(rate < lo, 0, np.where(rate > hi, 2, 1))
@@ -131,6 +137,8 @@ def _interval_decided(k: np.ndarray, n: np.ndarray, now: np.ndarray, decide: Dec
         lo, hi = decide.band
         return np.select([now == 0, now == 1], [high < lo, (low >= lo) & (high <= hi)], default=low > hi)
     hb, ef = decide.hard_below, decide.easy_from
+    if not decide.exact_ends:  # hard = [0, hb), easy = [ef, 1]
+        return np.select([now == 1, now == 2], [high < hb, (low >= hb) & (high < ef)], default=low >= ef)
     return np.select(
         [now == 1, now == 2, now == 3],
         [(low > 0) & (high < hb), (low >= hb) & (high < ef), (low >= ef) & (high < 1)],

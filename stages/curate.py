@@ -174,6 +174,8 @@ def plan(samples, cfg: CurateConfig, seed: int):
     if missing:
         raise R.RuleError(f"curate: the sample table lacks column(s) {missing}; run the sample and verify stages first")
     n_rows = len(samples)
+    if n_rows == 0:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in PLAN_COLUMNS}, index=samples.index)
     pids_all = samples[C.PROBLEM_ID].astype(str).to_numpy()
     codes, uniques = pd.factorize(pids_all, sort=False)
     n_problems = len(uniques)
@@ -222,8 +224,7 @@ def plan(samples, cfg: CurateConfig, seed: int):
                           f"set score: pass_rate")
     pids = problems[C.PROBLEM_ID].tolist()
     score = problems[cfg.score].to_numpy(dtype=float)
-    noisy_oracle = R.unit_hash(seed, "oracle_noise", pids) < cfg.oracle_noise
-    score = np.where(noisy_oracle, R.unit_hash(seed, "oracle_score", pids), score)
+    score, noisy_oracle = oracle_noise(pids, score, cfg.oracle_noise, seed)
     problems[R.SCORE] = score
     problems[R.TIE] = R.unit_hash(seed, "tie", pids)
 
@@ -271,25 +272,7 @@ def plan(samples, cfg: CurateConfig, seed: int):
         chosen[ranked[first_of_problem]] = True
 
     # -- generator noise: swap chosen correct rows for wrong-answer ones
-    noise = np.full(n_rows, None, dtype=object)
-    swapped_out = np.zeros(n_rows, dtype=bool)
-    if cfg.generator_noise > 0:
-        flip = chosen & correct & (R.to_unit(R.mix64(R.hash64(seed, "generator_noise", pids)[codes], sample_idx))
-                                   < cfg.generator_noise)
-        if flip.any():
-            swap_hash = R.to_unit(R.mix64(R.hash64(seed, "noise_swap", pids)[codes], sample_idx))
-            spare = row_selected & usable & ~correct & ~chosen
-            spare_by_problem: dict[int, list[int]] = {}
-            for r in np.flatnonzero(spare)[np.argsort(swap_hash[spare], kind="stable")]:
-                spare_by_problem.setdefault(int(codes[r]), []).append(int(r))
-            for r in np.flatnonzero(flip)[np.lexsort((sample_idx[flip], codes[flip]))]:
-                pool = spare_by_problem.get(int(codes[r]))
-                if pool:
-                    swap = pool.pop(0)
-                    chosen[r], swapped_out[r] = False, True
-                    chosen[swap], noise[swap] = True, "swapped_in"
-                else:
-                    noise[r] = "corrupted_answer"
+    chosen, noise, swapped_out = generator_noise(pids_all, sample_idx, correct, usable, chosen, cfg.generator_noise, seed)
 
     # -- per-row reasons
     label = cfg.rule_label
@@ -313,6 +296,51 @@ def plan(samples, cfg: CurateConfig, seed: int):
         C.ORACLE_NOISE: noisy_oracle[codes], C.GENERATOR_NOISE: text(noise), C.QUALITY_SCORE: quality,
         "rank": rank[codes],
     }, index=samples.index)
+
+
+def oracle_noise(problem_ids, scores, eta: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Oracle noise: the difficulty scores with those of a seeded fraction ``eta`` of problems replaced by uniform
+    random numbers. Returns (scores, replaced). Decided per problem id, so a problem is hit (and gets the same
+    number) in every pool and at every budget."""
+    pids = [str(p) for p in problem_ids]
+    hit = R.unit_hash(seed, "oracle_noise", pids) < eta
+    return np.where(hit, R.unit_hash(seed, "oracle_score", pids), np.asarray(scores, dtype=float)), hit
+
+
+def generator_noise(problem_ids, sample_idx, correct, usable, chosen, eps: float, seed: int):
+    """Generator noise: each chosen correct row is, with seeded probability ``eps``, replaced by a wrong-answer
+    completion: an unchosen incorrect usable row of the same problem when one is left (``swapped_in``; the correct
+    row is then no longer chosen), else the row itself, to be rewritten with a wrong final answer
+    (``corrupted_answer``, see ``corrupt_answer``). Arrays are per row; returns (chosen, noise label or None,
+    swapped_out)."""
+    import pandas as pd
+
+    chosen = np.asarray(chosen, dtype=bool).copy()
+    correct = np.asarray(correct, dtype=bool)
+    sample_idx = np.asarray(sample_idx, dtype=np.int64)
+    noise = np.full(len(chosen), None, dtype=object)
+    swapped_out = np.zeros(len(chosen), dtype=bool)
+    if eps <= 0 or not chosen.any():
+        return chosen, noise, swapped_out
+    codes, uniques = pd.factorize(np.asarray([str(p) for p in problem_ids], dtype=object))
+    pid_hash = R.hash64(seed, "generator_noise", list(uniques))
+    flip = chosen & correct & (R.to_unit(R.mix64(pid_hash[codes], sample_idx)) < eps)
+    if not flip.any():
+        return chosen, noise, swapped_out
+    swap_hash = R.to_unit(R.mix64(R.hash64(seed, "noise_swap", list(uniques))[codes], sample_idx))
+    spare = np.asarray(usable, dtype=bool) & ~correct & ~chosen
+    spare_by_problem: dict[int, list[int]] = {}
+    for r in np.flatnonzero(spare)[np.argsort(swap_hash[spare], kind="stable")]:
+        spare_by_problem.setdefault(int(codes[r]), []).append(int(r))
+    for r in np.flatnonzero(flip)[np.lexsort((sample_idx[flip], codes[flip]))]:
+        pool = spare_by_problem.get(int(codes[r]))
+        if pool:
+            swap = pool.pop(0)
+            chosen[r], swapped_out[r] = False, True
+            chosen[swap], noise[swap] = True, "swapped_in"
+        else:
+            noise[r] = "corrupted_answer"
+    return chosen, noise, swapped_out
 
 
 def training_rows(samples, decisions):
@@ -388,7 +416,7 @@ def sample_table(upstream_dir: str, cfg: CurateConfig | None = None):
         names = set(pq.read_schema(f).names)
         t = pq.read_table(f, columns=[c for c in wanted if c in names] + [C.COMPLETION])
         if cfg is not None and cfg.needs_quality:
-            t = t.append_column(C.QUALITY_SCORE, [R.quality_scores(t[C.COMPLETION].to_pylist(), cfg.quality)])
+            t = t.append_column(C.QUALITY_SCORE, [R.quality_scores(t[C.COMPLETION], cfg.quality)])
         t = t.append_column("completion_chars", pc.fill_null(pc.utf8_length(t[C.COMPLETION]), 0)).drop_columns([C.COMPLETION])
         frames.append(t.to_pandas())
     if not frames:

@@ -53,6 +53,9 @@ def test_interval_method_and_band_decisions():
     assert not decided([0, 16], [16, 16], 32, by_interval).any()
     # medium: Wilson of 50/100 is [0.40, 0.60], inside [1/3, 2/3); of 5/10 it is [0.24, 0.76], not inside.
     assert decided([50], [100], 200, by_interval)[0] and not decided([5], [10], 200, by_interval)[0]
+    three = DecideConfig(method="interval", exact_ends=False)
+    assert decided([0], [16], 32, three)[0] and list(classes([0, 8, 16], [16, 16, 16], three)) == [1, 2, 3]
+    assert decided([0], [16], 32, DecideConfig(exact_ends=False))[0]  # predictive: 0/16 is surely 'hard' at 32
     band = DecideConfig(by="band", band=(0.2, 0.8), method="interval")
     assert decided([0], [16], 32, band)[0]  # Wilson high of 0/16 is 0.19 < 0.2: below the band
     assert not decided([4], [16], 32, band)[0]

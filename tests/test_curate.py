@@ -238,3 +238,18 @@ def test_report_writes_plots_and_counts(samples, tmp_path):
     assert sum(v["kept_problems"] for v in summary["kept_by_level"].values()) == 10
     over_budget = samples.loc[d[C.DROP_REASON] == "over_budget", C.PASS_RATE]
     assert len(summary["pass_rate_after"]) == 10 and max(summary["pass_rate_after"]) <= over_budget.min()
+
+
+def test_noise_functions_are_pure_and_per_problem():
+    from stages.curate import generator_noise, oracle_noise
+
+    ids = [f"q{i}" for i in range(400)]
+    scores, hit = oracle_noise(ids, np.zeros(400), 0.25, seed=9)
+    sub_scores, sub_hit = oracle_noise(ids[::3], np.zeros(len(ids[::3])), 0.25, seed=9)
+    assert (sub_hit == hit[::3]).all() and (sub_scores == scores[::3]).all()  # the same problem, hit the same way
+    assert 0.18 < hit.mean() < 0.32 and (scores[~hit] == 0).all() and (scores[hit] > 0).all()
+    assert not oracle_noise(ids, np.zeros(400), 0.25, seed=10)[1].tolist() == hit.tolist()
+    chosen, noise, out = generator_noise(["a", "a", "b"], [0, 1, 0], [True, False, True], [True] * 3,
+                                         [True, False, True], eps=1.0, seed=0)
+    assert chosen.tolist() == [False, True, True] and noise.tolist() == [None, "swapped_in", "corrupted_answer"]
+    assert out.tolist() == [True, False, False]

@@ -39,14 +39,15 @@ def main() -> None:
     print(f"model: {args.model}  dir: {model_dir}")
     print(f"this call: {elapsed:.1f} s ({'loaded from cache' if was_cached else 'built'})")
     print(
-        f"build: total {build['total_seconds']} s (train {build['train_seconds']} s, eval {build['eval_seconds']} s), "
-        f"torch threads {build['torch_threads']}, load average {build['load_average_before']} -> "
+        f"build: total {build['total_seconds']} s (train {build['train_seconds']} s, eval {build['eval_seconds']} s, "
+        f"process CPU {build.get('cpu_seconds', '?')} s), torch threads {build['torch_threads']}, "
+        f"load average {build['load_average_before']} -> "
         f"{build['load_average_after']}"
     )
     budget = BUILD_BUDGET_SECONDS[args.model]
     print(f"build time / budget ({budget} s): {build['total_seconds'] / budget:.2f}")
     levels = sorted(accuracy["greedy"], key=int)
-    print("level         " + " ".join(f"L{level:>4}" for level in levels))
+    print("level         " + " ".join(f"{'L' + level:>5}" for level in levels))
     print("greedy        " + " ".join(f"{accuracy['greedy'][level]:5.2f}" for level in levels))
     print(f"T={accuracy['temperature']} (k={accuracy['samples_per_problem']}) " + " ".join(
         f"{accuracy['sampled'][level]:5.2f}" for level in levels

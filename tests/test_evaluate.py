@@ -205,7 +205,8 @@ def test_run_with_finetune_and_evaluate_blocks_leaves_dataset_model_and_metrics(
             "sample": {"model": toy_test_model, "k": 2, "max_tokens": 48, "threads": 2},
             "verify": {"verifier": "math"},
             "difficulty": {},
-            "curate": {"rule": "all"},
+            # Label-agnostic, so the weak test model's rows (mostly wrong) still make a training set.
+            "curate": {"rule": "random", "label_aware": False, "n": 10, "p": None, "trace": "any"},
             "export": {},
         },
         "finetune": {"student": toy_test_model, "steps": 4, "batch_size": 8, "micro_batch_size": 8, "threads": 2},

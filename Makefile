@@ -21,10 +21,11 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/lessmore run configs/tiny.yaml
 
+# Everything but the slow lanes: the unit and end-to-end tests, then the multi-node cluster and fault tests.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow and not vllm"
 
-# Multi-node Ray cluster and fault tests (ray start head + worker, node loss, driver kill -9).
+# Only the multi-node Ray cluster and fault tests (ray start head + worker, node loss, driver kill -9).
 test-cluster: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m cluster
 

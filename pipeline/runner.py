@@ -222,11 +222,13 @@ class Runner:
         if not work:
             return {"rows_already_done": rows_before, "rows_written": 0}
         # The driver plans the reads: one item per batch of upstream rows (a part file and a row range, or the rows
-        # left after a resume). A zero-CPU task reads it, so the read never waits for CPUs held by the actor pool
-        # (read_parquet's file listing needs a CPU and deadlocks when the pool holds them all), and every batch is
-        # its own block: the pool's actors share the work, and a crash loses at most the batches in flight.
+        # left after a resume). Zero-CPU tasks read them, so reading never waits for CPUs held by the actor pool
+        # (read_parquet's file listing needs a CPU and deadlocks when the pool holds them all); two at a time, since
+        # each concurrent zero-CPU task costs a worker process. Every batch is its own block: the pool's actors
+        # share the work, and a crash loses at most the batches in flight.
         ds = ray.data.from_items(work, override_num_blocks=len(work))
-        ds = ds.map_batches(_read_slices, batch_size=1, batch_format="pyarrow", num_cpus=0)
+        ds = ds.map_batches(_read_slices, batch_size=1, batch_format="pyarrow", num_cpus=0,
+                            compute=ray.data.TaskPoolStrategy(size=2))
         ds = ds.map_batches(
             _StageUDF, fn_constructor_kwargs={"stage": stage, "cfg": scfg, "prepared": prepared},
             batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,

@@ -1,5 +1,8 @@
 """Faults on a real multi-node Ray cluster: a worker node lost mid-stage, and the driver killed with SIGKILL mid-run.
 
+The cluster is the one `test_cluster.py` starts (a head with a spare CPU, where a lost worker's actors restart, and a
+1-CPU worker node).
+
 In both, the job ends with every row present exactly once, and rows in = rows out + dropped + rejected at every
 stage. After a driver crash the rerun resumes: it skips the rows already written and the work lost is at most the
 sampling pool's batches in flight.
@@ -19,7 +22,7 @@ import yaml
 
 from pipeline import columns as C
 from pipeline import io
-from test_cluster import LocalRayCluster, assert_counts_reconcile, cluster_config
+from test_cluster import LocalRayCluster, assert_counts_reconcile, cluster, cluster_config, ray_cluster  # noqa: F401
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -27,21 +30,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 TASKS_IN_FLIGHT_PER_ACTOR = 2
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A head with spare CPU (where a lost worker's actors restart) and one worker node that the tests may kill."""
-    c = LocalRayCluster()
-    try:
-        c.start_head(num_cpus=2)
-        c.add_worker("doomed", num_cpus=1)
-        yield c
-    finally:
-        c.shutdown()
-    assert not c.processes(), "cluster processes survived the teardown"
-
-
 def fault_config(output_root: Path, model: str, n: int, k: int, batch_size: int, **sample) -> dict:
+    """Source, sample and verify only: the stages where the faults land (and fewer worker pools to start)."""
     data = cluster_config(output_root, model, n=n, k=k)
+    data["stages"] = {name: data["stages"][name] for name in ("source", "sample", "verify")}
     data["stages"]["source"]["levels"] = [1, 2, 3]
     data["stages"]["sample"].update(max_tokens=48, **sample)
     data["stages"]["sample"]["resources"]["batch_size"] = batch_size
@@ -72,31 +64,56 @@ def job_failed_early(cluster: LocalRayCluster, job: str) -> bool:
     return False
 
 
+# Holds one head CPU until the job is stopped: a task pinned to the head by its built-in resource.
+_HOLD_HEAD_CPU = (
+    "import time, ray\n"
+    "ray.init()\n"
+    "@ray.remote(num_cpus=1, resources={'node:__internal_head__': 0.001})\n"
+    "def hold():\n"
+    "    print('holding a head CPU', flush=True)\n"
+    "    time.sleep(3600)\n"
+    "ray.get(hold.remote())\n"
+)
+
+
 def test_losing_a_worker_node_mid_sample_loses_and_duplicates_nothing(cluster, tmp_path, toy_test_model):
     from ray.util.state import list_actors, list_nodes
 
     n, k = 60, 4
+    # The head has 2 CPUs and the worker 1; the pool has 2 actors. While the pool starts, one head CPU is held, so
+    # one actor must land on the worker; then it is freed, so the lost actor has somewhere to restart.
+    worker = cluster.ensure_worker()
+    doomed = next(nd.node_id for nd in list_nodes(address=cluster.dashboard)
+                  if nd.resources_total.get(worker) and nd.state == "ALIVE")
+    holder = f"hold-{uuid.uuid4().hex[:8]}"
+    cluster.client().submit_job(entrypoint=f"python -c \"{_HOLD_HEAD_CPU}\"", submission_id=holder)
+    wait_for(lambda: "holding a head CPU" in cluster.client().get_job_logs(holder), 120, "the head CPU to be held",
+             poll=0.5)
     data = fault_config(tmp_path / "out", toy_test_model, n=n, k=k, batch_size=4)
     _, job = submit(cluster, tmp_path, data, "nodeloss")
     run_dir = tmp_path / "out" / "cluster"
     sample_dir = run_dir / "01_sample"
-    wait_for(lambda: job_failed_early(cluster, job) or len(io.part_files(sample_dir)) >= 1, 300,
-             "the first sample part file")
+    def sampling_on_doomed() -> bool:
+        job_failed_early(cluster, job)
+        return any("MapWorker" in a.class_name and a.node_id == doomed
+                   for a in list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")], limit=1000,
+                                        raise_on_missing_output=False))
 
-    doomed = next(nd.node_id for nd in list_nodes(address=cluster.dashboard)
-                  if nd.resources_total.get("doomed") and nd.state == "ALIVE")
-    on_doomed = [a for a in list_actors(address=cluster.dashboard, filters=[("state", "=", "ALIVE")], limit=1000,
-                                        raise_on_missing_output=False)
-                 if "MapWorker" in a.class_name and a.node_id == doomed]
-    assert on_doomed, "no sampling actor ran on the worker node, so losing it would test nothing"
-    killed = cluster.kill_node("doomed")
+    try:
+        # The worker node's actor starts later than the head's (the job's working dir is copied there first).
+        wait_for(sampling_on_doomed, 300, "a sampling actor alive on the worker node", poll=0.5)
+        wait_for(lambda: job_failed_early(cluster, job) or len(io.part_files(sample_dir)) >= 1, 300,
+                 "the first sample part file")
+    finally:
+        cluster.client().stop_job(holder)
+    killed = cluster.kill_node(worker)
     written_at_kill = io.count_rows(sample_dir)
     assert not (sample_dir / "_SUCCESS").exists(), "sample finished before the node was lost; make the run longer"
     assert killed >= 2 and written_at_kill < n * k
 
     status, logs = cluster.wait_job(job, timeout=420)
     assert status == "SUCCEEDED", logs[-4000:]
-    assert cluster.alive_nodes() == 1
+    assert cluster.alive_nodes() == 1  # the head finished the job alone
     assert_counts_reconcile(run_dir, problems=n, k=k)
 
 
@@ -121,8 +138,9 @@ def _driver(cluster: LocalRayCluster, cfg_path: Path):
     return None
 
 
-def test_driver_killed_mid_sample_resumes_and_repeats_at_most_the_batches_in_flight(cluster, tmp_path,
+def test_driver_killed_mid_sample_resumes_and_repeats_at_most_the_batches_in_flight(ray_cluster, tmp_path,
                                                                                      toy_test_model):
+    cluster = ray_cluster  # whatever nodes are up: the driver runs on the head either way
     n, k, batch_size = 80, 4, 4
     cache_dir = tmp_path / "generations"
     data = fault_config(tmp_path / "out", toy_test_model, n=n, k=k, batch_size=batch_size, cache_dir=str(cache_dir))

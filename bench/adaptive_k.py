@@ -11,6 +11,8 @@ from the fixed samples (exact, because the samples are identical). The acceptanc
 at most 50% of the samples, together.
 
     python bench/adaptive_k.py --model toy:strong --problems 500 --k 32 --rounds 4 8 16 32
+    # three tiers, rounds of 2 samples up to 16 then of 4: 0.976 agreement with 0.448 of the samples (2 cores)
+    python bench/adaptive_k.py --tiers 3 --rounds 2 4 6 8 10 12 14 16 20 24 28 32
 
 Timings on shared cores are noisy. The fixed samples are cached in ``--out`` (reused with --reuse); with
 ``--cache-dir`` the adaptive run reads the fixed run's completions from the generation cache.

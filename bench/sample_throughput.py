@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads (1: on a shared machine a second OpenMP thread spin-waits for a core)")
     parser.add_argument("--problems-per-call", type=int, default=128, help="the stage's resources.batch_size")
     parser.add_argument("--generate-batch-size", type=int, default=256, help="sequences per generate call (hf)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=8, help="interleaved pairs (one pair alone is noisy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runner", action="store_true", help="also run source+sample through the runner once")
     args = parser.parse_args(argv)

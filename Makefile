@@ -14,9 +14,8 @@ export TOKENIZERS_PARALLELISM := false
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU wheel; unpinned, pip would pull a multi-GB CUDA build.
-	# --no-compile: Python compiles the few modules a run imports on first use, not all of torch and ray up front.
-	$(BIN)/pip install -q --disable-pip-version-check --no-compile torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check --no-compile -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
 run: $(BIN)/.installed

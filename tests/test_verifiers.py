@@ -137,6 +137,40 @@ def test_math_parses_each_reference_once_per_worker(monkeypatch):
     assert len(seen) == 4
 
 
+def test_math_compares_each_reference_and_answer_once_per_worker(monkeypatch):
+    import math_verify
+
+    verifier = build_verifier("math")
+    verifier.prepare()
+    compared: list[int] = []
+    real_verify = math_verify.verify
+
+    def counting_verify(*args, **kwargs):
+        compared.append(1)
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(math_verify, "verify", counting_verify)
+    first = verifier.check(r"Sample 1. So $\boxed{1,000}$.", "1000")
+    second = verifier.check("Sample 2. The answer is 1000.", "1000")  # another text, the same answer
+    assert len(compared) == 1
+    assert (first.correct, first.reason, first.extracted) == (True, "ok", "1,000")
+    assert (second.correct, second.reason, second.extracted) == (True, "ok", "1000")  # its own extraction
+    assert verifier.check(r"\boxed{999}", "1000").reason == "mismatch"
+    assert verifier.check(r"Sample 3: \boxed{999}", "1000").reason == "mismatch"
+    assert len(compared) == 2
+
+
+def test_math_repeated_items_get_the_verdict_of_a_fresh_check(math_verifier):
+    """Two equal items go to one worker, which answers the second from its cache: the verdict must not change."""
+    rows, _ = read_labelled(LABELLED)
+    responses = [r["response"] for r in rows for _ in range(2)]
+    references = [r["reference"] for r in rows for _ in range(2)]
+    verdicts = math_verifier.batch(responses, references)
+    assert not any(v.reason == "timeout" for v in verdicts)
+    for first, second in zip(verdicts[::2], verdicts[1::2], strict=True):
+        assert (first.correct, first.reason, first.extracted) == (second.correct, second.reason, second.extracted)
+
+
 def test_affinity_queue_gives_each_worker_whole_problems():
     references = ["a", "b", "a", "c", "b", "a"]
     queue = _AffinityQueue(references)

@@ -12,7 +12,9 @@ Steps (all inside a worker process with a hard deadline, see ``verifiers.pool``)
 4. a relative-tolerance check on numbers: math-verify rounds to ``float_rounding`` decimals, which makes
    ``1/2^99`` equal ``1/2^98`` and ``0.001`` equal ``0.0010001``.
 
-The reference is parsed once per worker and distinct reference (a small LRU cache).
+The reference is parsed once per worker and distinct reference, and each (reference, answer) pair is compared
+once per worker: k samples of a problem mostly end in the same few answers, and a symbolic comparison (two
+equations, say) costs tens of milliseconds of sympy. Both caches are small LRUs.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ _WORDS = re.compile(r"^[A-Za-z]{3,}(?:[ -][A-Za-z]+)*$")
 # Two words in a row, outside LaTeX commands: the answer is prose ("she makes 18 dollars a day").
 _PROSE = re.compile(r"(?<![\\A-Za-z{])[A-Za-z]{3,}\s+[A-Za-z]{3,}")
 _GOLD_CACHE_SIZE = 2048
+_ANSWER_CACHE_SIZE = 8192
 _WARM_UP = (
     ("$\\frac{1}{2}$", "\\boxed{0.5}"),
     ("$(x+1)^2$", "\\boxed{x^2+2x+1}"),
@@ -76,6 +79,8 @@ class MathVerifier(Verifier):
     def _setup_runtime(self) -> None:
         super()._setup_runtime()
         self._gold_cache: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        # (reference, answer as handed to parse) -> correct; the comparison is a pure function of the two texts.
+        self._answer_cache: collections.OrderedDict[tuple[str, str], bool] = collections.OrderedDict()
 
     def prepare(self) -> None:
         """Import math-verify and warm its regexes and parser, once per worker template."""
@@ -98,13 +103,18 @@ class MathVerifier(Verifier):
         extraction = extract_answer(response, last_number_fallback=self.options.last_number_fallback)
         if extraction is None:
             return self._verdict(False, None, "no_answer")
-        gold = self._parse_gold(reference)
-        answer = parse(answer_latex(extraction), parsing_timeout=None)
-        correct = self._equal(gold, answer)
-        if not correct:
-            # math-verify reads "9%" as 9 against a gold 9, but only for integers; do the same for "12.5%" vs 12.5.
-            if any(_percent_value(item) is not None for item in [*gold, *answer]):
-                correct = self._equal(_without_percent(gold), _without_percent(answer))
+        latex = answer_latex(extraction)
+        key = (reference, latex)
+        correct = _lru_get(self._answer_cache, key)
+        if correct is None:
+            gold = self._parse_gold(reference)
+            answer = parse(latex, parsing_timeout=None)
+            correct = self._equal(gold, answer)
+            if not correct:
+                # math-verify reads "9%" as 9 against a gold 9, but only for integers; so do "12.5%" vs 12.5.
+                if any(_percent_value(item) is not None for item in [*gold, *answer]):
+                    correct = self._equal(_without_percent(gold), _without_percent(answer))
+            _lru_put(self._answer_cache, key, correct, _ANSWER_CACHE_SIZE)
         return self._verdict(correct, extraction.text, "ok" if correct else "mismatch")
 
     def _equal(self, gold: list[Any], answer: list[Any]) -> bool:
@@ -115,19 +125,30 @@ class MathVerifier(Verifier):
         return not (self.options.rel_tol > 0 and numbers_differ(gold, answer, self.options.rel_tol))
 
     def _parse_gold(self, reference: str) -> list[Any]:
-        cache = self._gold_cache
-        if reference in cache:
-            cache.move_to_end(reference)
-            return cache[reference]
+        gold = _lru_get(self._gold_cache, reference)
+        if gold is not None:
+            return gold
         from math_verify import parse
 
         gold = parse(reference_latex(reference), parsing_timeout=None)
         if not any(not isinstance(g, str) for g in gold):
             gold = parse(reference, parsing_timeout=None) or gold  # let math-verify find the math itself
-        cache[reference] = gold
-        if len(cache) > _GOLD_CACHE_SIZE:
-            cache.popitem(last=False)
+        _lru_put(self._gold_cache, reference, gold, _GOLD_CACHE_SIZE)
         return gold
+
+
+def _lru_get(cache: collections.OrderedDict, key: Any) -> Any:
+    """``cache[key]`` marked as most recently used, or None."""
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _lru_put(cache: collections.OrderedDict, key: Any, value: Any, size: int) -> None:
+    cache[key] = value
+    if len(cache) > size:
+        cache.popitem(last=False)
 
 
 def answer_latex(extraction: Extraction) -> str:

@@ -15,7 +15,11 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the CPU wheel; unpinned, pip would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	# The rest through uv: the same versions as pip resolves here, in about 45 s instead of 2.5 min. uv keeps the
+	# torch installed above (it satisfies the pin); pip remains the fallback.
+	$(BIN)/pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -e '.[dev]' \
+		|| $(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
 run: $(BIN)/.installed

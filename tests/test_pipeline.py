@@ -82,7 +82,8 @@ def test_bad_rows_are_quarantined_and_counted(tmp_path, toy_test_model, ray_loca
 
 
 def test_kill_9_during_sample_then_rerun_loses_and_duplicates_nothing(tmp_path, toy_test_model):
-    data = small_config(tmp_path, toy_test_model, n=80, k=2)
+    n, k = 40, 2
+    data = small_config(tmp_path, toy_test_model, n=n, k=k)
     data["stages"]["sample"]["resources"]["batch_size"] = 4
     data["stages"]["sample"]["generate_batch_size"] = 8
     data["stages"] = {k: data["stages"][k] for k in ("source", "sample", "verify")}
@@ -103,14 +104,14 @@ def test_kill_9_during_sample_then_rerun_loses_and_duplicates_nothing(tmp_path, 
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     written_before = io.count_rows(sample_dir)
-    assert 0 < written_before < 80 * 2
+    assert 0 < written_before < n * k
 
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "already done; resuming" in rerun.stderr
     t = io.read_columns(sample_dir, [C.PROBLEM_ID, C.SAMPLE_IDX]).to_pandas()
-    assert len(t) == 80 * 2
+    assert len(t) == n * k
     assert not t.duplicated().any()
-    assert t[C.PROBLEM_ID].nunique() == 80
+    assert t[C.PROBLEM_ID].nunique() == n
     verify = io.read_columns(run_dir / "02_verify", [C.PROBLEM_ID, C.SAMPLE_IDX]).to_pandas()
-    assert len(verify) == 160 and not verify.duplicated().any()
+    assert len(verify) == n * k and not verify.duplicated().any()

@@ -30,3 +30,27 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
+
+
+
+@pytest.fixture
+def fake_sample_backend(monkeypatch, tmp_path):
+    """``install(backend_cls, name)``: a model directory whose sampling goes through ``backend_cls`` instead of
+    transformers; returns its path.
+
+    The sample stage resolves and fingerprints the directory as usual, so stage caches and skips behave as with a
+    real model, while the generations come from the fake.
+    """
+    import json
+
+    import stages.sample as sample_module
+
+    def install(backend_cls, name: str = "fake-model") -> str:
+        model_dir = tmp_path / name
+        model_dir.mkdir()
+        (model_dir / "config.json").write_text(json.dumps({"model_type": "fake"}))
+        monkeypatch.setattr(sample_module, "HFBackend", backend_cls)
+        monkeypatch.setattr(sample_module, "choose_backend", lambda cfg: "hf")
+        return str(model_dir)
+
+    return install

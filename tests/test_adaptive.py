@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -92,19 +90,15 @@ class _FakeBackend:
 
 
 @pytest.fixture
-def fake_sampler(monkeypatch, tmp_path):
+def fake_sampler(fake_sample_backend):
     import stages.sample as sample_module
 
-    model_dir = tmp_path / "fake-model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps({"model_type": "fake"}))
-    monkeypatch.setattr(sample_module, "HFBackend", _FakeBackend)
-    monkeypatch.setattr(sample_module, "choose_backend", lambda cfg: "hf")
+    model_dir = fake_sample_backend(_FakeBackend)
     _FakeBackend.calls = []
 
     def make(**overrides):
-        cfg = sample_module.SampleConfig(model=str(model_dir), **overrides)
-        return sample_module.SampleStage(cfg, seed=3, model_path=str(model_dir))
+        cfg = sample_module.SampleConfig(model=model_dir, **overrides)
+        return sample_module.SampleStage(cfg, seed=3, model_path=model_dir)
 
     return make
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from pipeline import columns as C
@@ -26,19 +24,13 @@ class _Solver:
 
 
 @pytest.fixture
-def screen(monkeypatch, tmp_path):
-    import stages.sample as sample_module
-
-    model_dir = tmp_path / "cheap"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(json.dumps({"model_type": "fake"}))
-    monkeypatch.setattr(sample_module, "HFBackend", _Solver)
-    monkeypatch.setattr(sample_module, "choose_backend", lambda cfg: "hf")
+def screen(fake_sample_backend):
+    model_dir = fake_sample_backend(_Solver, name="cheap")
 
     def make(**overrides):
-        cfg = ScreenConfig(sample=SampleConfig(model=str(model_dir), k=3), verify=VerifyConfig(verifier="exact"),
+        cfg = ScreenConfig(sample=SampleConfig(model=model_dir, k=3), verify=VerifyConfig(verifier="exact"),
                            **overrides)
-        return ScreenStage(cfg, seed=0, model_path=str(model_dir))
+        return ScreenStage(cfg, seed=0, model_path=model_dir)
 
     return make
 

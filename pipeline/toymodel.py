@@ -372,8 +372,12 @@ def _build_environment(progress: bool):
     threads_before = torch.get_num_threads()
     bars_before = (datasets_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
     # On a busy machine OpenMP threads wait on each other and a 2-thread step runs several times slower than a
-    # 1-thread step; on an idle one, all cores are faster.
-    busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
+    # 1-thread step; on an idle one, all cores are faster (2 threads: 0.22 s/step for the test model, 1 thread:
+    # 0.31 s). Busy means the cores are taken right now: the load average lags by a minute, so just after a
+    # CPU-heavy install it would still call an idle machine busy.
+    import psutil
+
+    busy = psutil.cpu_percent(interval=0.5) >= 75.0
     torch.set_num_threads(1 if busy else threads_before)
     if not progress:
         datasets_logging.disable_progress_bar()

@@ -18,6 +18,21 @@ import sys
 COMMAND_MODULES = ("verifiers.audit", "pipeline.theory_cli", "pipeline.sweep_cli")
 
 
+def _sweep_hint(path: str) -> str:
+    """A pointer to `lessmore sweep` when the file is a sweep config (it has pool and grid blocks)."""
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""
+    if isinstance(data, dict) and "pool" in data and "grid" in data:
+        return f"\n  {path} is a sweep config: run `lessmore sweep {path}` (check it with --validate)"
+    return ""
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
     from pipeline.runner import check_columns
@@ -26,7 +41,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.set)
         check_columns(cfg)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{_sweep_hint(args.config)}", file=sys.stderr)
         return 2
     print(f"{args.config}: valid ({', '.join(name for name, _ in cfg.stages)})")
     return 0
@@ -43,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         check_columns(cfg)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{_sweep_hint(args.config)}", file=sys.stderr)
         return 2
     from pipeline.session import run_all
 

@@ -105,3 +105,5 @@ def test_validate_command_exit_codes(tmp_path):
     res = _validate(broken)
     assert res.returncode == 2 and "malformed YAML" in res.stderr
     assert not (ROOT / "runs" / "tiny" / "bad").exists()
+    sweep = _validate(ROOT / "configs" / "phase_smoke.yaml")  # a sweep config handed to the run validator
+    assert sweep.returncode == 2 and "lessmore sweep" in sweep.stderr

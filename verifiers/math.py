@@ -19,7 +19,7 @@ equations, say) costs tens of milliseconds of sympy. Both caches are small LRUs.
 
 from __future__ import annotations
 
-import collections
+import functools
 import logging
 import re
 from typing import Any
@@ -78,9 +78,9 @@ class MathVerifier(Verifier):
 
     def _setup_runtime(self) -> None:
         super()._setup_runtime()
-        self._gold_cache: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
-        # (reference, answer as handed to parse) -> correct; the comparison is a pure function of the two texts.
-        self._answer_cache: collections.OrderedDict[tuple[str, str], bool] = collections.OrderedDict()
+        # Per-instance LRUs, rebuilt in every worker: both are pure functions of their texts.
+        self._parse_gold = functools.lru_cache(maxsize=_GOLD_CACHE_SIZE)(self._parse_gold_uncached)
+        self._compare = functools.lru_cache(maxsize=_ANSWER_CACHE_SIZE)(self._compare_uncached)
 
     def prepare(self) -> None:
         """Import math-verify and warm its regexes and parser, once per worker template."""
@@ -95,27 +95,27 @@ class MathVerifier(Verifier):
 
     def check(self, response: str, reference: str) -> Verdict:
         """Verify one response against one reference (runs in a worker)."""
-        from math_verify import parse
-
         reference = clean_text(reference).strip()
         if not reference:
             return self._verdict(False, None, "error")
         extraction = extract_answer(response, last_number_fallback=self.options.last_number_fallback)
         if extraction is None:
             return self._verdict(False, None, "no_answer")
-        latex = answer_latex(extraction)
-        key = (reference, latex)
-        correct = _lru_get(self._answer_cache, key)
-        if correct is None:
-            gold = self._parse_gold(reference)
-            answer = parse(latex, parsing_timeout=None)
-            correct = self._equal(gold, answer)
-            if not correct:
-                # math-verify reads "9%" as 9 against a gold 9, but only for integers; so do "12.5%" vs 12.5.
-                if any(_percent_value(item) is not None for item in [*gold, *answer]):
-                    correct = self._equal(_without_percent(gold), _without_percent(answer))
-            _lru_put(self._answer_cache, key, correct, _ANSWER_CACHE_SIZE)
+        correct = self._compare(reference, answer_latex(extraction))
         return self._verdict(correct, extraction.text, "ok" if correct else "mismatch")
+
+    def _compare_uncached(self, reference: str, latex: str) -> bool:
+        """Whether the answer text ``latex`` equals ``reference``."""
+        from math_verify import parse
+
+        gold = self._parse_gold(reference)
+        answer = parse(latex, parsing_timeout=None)
+        correct = self._equal(gold, answer)
+        if not correct:
+            # math-verify reads "9%" as 9 against a gold 9, but only for integers; so do "12.5%" vs 12.5.
+            if any(_percent_value(item) is not None for item in [*gold, *answer]):
+                correct = self._equal(_without_percent(gold), _without_percent(answer))
+        return correct
 
     def _equal(self, gold: list[Any], answer: list[Any]) -> bool:
         from math_verify import verify
@@ -124,31 +124,13 @@ class MathVerifier(Verifier):
             return False
         return not (self.options.rel_tol > 0 and numbers_differ(gold, answer, self.options.rel_tol))
 
-    def _parse_gold(self, reference: str) -> list[Any]:
-        gold = _lru_get(self._gold_cache, reference)
-        if gold is not None:
-            return gold
+    def _parse_gold_uncached(self, reference: str) -> list[Any]:
         from math_verify import parse
 
         gold = parse(reference_latex(reference), parsing_timeout=None)
         if not any(not isinstance(g, str) for g in gold):
             gold = parse(reference, parsing_timeout=None) or gold  # let math-verify find the math itself
-        _lru_put(self._gold_cache, reference, gold, _GOLD_CACHE_SIZE)
         return gold
-
-
-def _lru_get(cache: collections.OrderedDict, key: Any) -> Any:
-    """``cache[key]`` marked as most recently used, or None."""
-    value = cache.get(key)
-    if value is not None:
-        cache.move_to_end(key)
-    return value
-
-
-def _lru_put(cache: collections.OrderedDict, key: Any, value: Any, size: int) -> None:
-    cache[key] = value
-    if len(cache) > size:
-        cache.popitem(last=False)
 
 
 def answer_latex(extraction: Extraction) -> str:

@@ -171,6 +171,71 @@ def test_math_repeated_items_get_the_verdict_of_a_fresh_check(math_verifier):
         assert (first.correct, first.reason, first.extracted) == (second.correct, second.reason, second.extracted)
 
 
+EQUATION_PAIRS = [  # (reference, answer, whether the fast path must decide it)
+    ("y = 2x + 1", "2x - y + 1 = 0", True),
+    ("y = 2x + 1", "y = 2x + 3", True),
+    ("x = 5", "5 = x", True),
+    ("x = 5", "y = 5", True),
+    ("x = 5", "x = 6", True),
+    ("2x + 3y = 6", "4x + 6y = 12", True),
+    ("2x + 3y = 6", "4x + 6y = 13", True),
+    ("y = \\frac{x}{2}", "2y = x", True),  # rational and integer coefficients
+    ("y = \\frac{x}{2}", "2y = x + 1", True),
+    ("3x - y + 13 = 0", "3x + 4y + 14 = 0", True),
+    ("a - b = 0", "a + c = 0", True),
+    ("x^2 + y^2 = 4", "y^2 + x^2 - 4 = 0", True),
+    ("x^2 = 1", "x = 1", True),
+    ("4x^2 - 9 = 0", "x^2 = \\frac{9}{4}", True),  # one variable: math-verify matches only equal sides
+    ("(x-1)^2 = 0", "x = 1", True),
+    ("x^2 = -1", "x^2 = -2", False),  # no real root on either side: math-verify's solve calls them equal
+    ("x^2 + y^2 = 4", "x^2 + y^2 = 9", False),  # quadratic in two variables: math-verify decides
+    ("x^2 + y^2 = 4", "2x^2 + 2y^2 = 8", False),
+    ("y = 0.5x + 1", "2y = x + 2", False),  # a float
+    ("y = \\pi x", "y = 3.14159 x", False),  # a constant
+    ("y = 2x + 1", "y = 2x + 1 + 10^{-30}", False),  # beyond the coefficient bound (math-verify's tolerance)
+    ("(x+1)^{1000000000} = 0", "x = -1", False),  # huge power: never expanded
+    ("n = 2, 3, 4", "n = 1, 2, 3", False),  # a set on the right
+]
+
+
+@pytest.mark.parametrize("reference, answer, decided", EQUATION_PAIRS)
+def test_equation_fast_path_agrees_with_math_verify(reference, answer, decided):
+    """The polynomial fast path decides only where its verdict is math-verify's own."""
+    from math_verify import parse, verify
+
+    from verifiers.math import equations_equal, reference_latex
+
+    gold = parse(reference_latex(reference), parsing_timeout=None)
+    target = parse(f"\\boxed{{{answer}}}", parsing_timeout=None)
+    fast = equations_equal(gold, target)
+    assert (fast is not None) is decided
+    if fast is not None:
+        assert fast == verify(gold, target, timeout_seconds=None)
+
+
+def test_clear_caches_keeps_workers_and_recomputes(monkeypatch):
+    import math_verify
+
+    verifier = build_verifier("math")
+    verifier.prepare()
+    compared: list[int] = []
+    real_verify = math_verify.verify
+    monkeypatch.setattr(math_verify, "verify", lambda *a, **k: compared.append(1) or real_verify(*a, **k))
+    verifier.check(r"\boxed{2}", "2")
+    verifier.check(r"\boxed{2}", "2")
+    verifier.clear_caches()
+    verifier.check(r"\boxed{2}", "2")
+    assert len(compared) == 2
+    with build_verifier("math", workers=2) as pooled:
+        assert pooled.batch([r"\boxed{2}"] * 4, ["2"] * 4)[0].correct
+        pids = [w.pid for w in pooled._pool._state.workers]
+        pooled.clear_caches()
+        assert [w.pid for w in pooled._pool._state.workers] == pids  # the same warm workers
+        pooled._pool.call_in_workers("no_such_method")  # a worker that fails is replaced, not left broken
+        assert not {w.pid for w in pooled._pool._state.workers} & set(pids)
+        assert [v.correct for v in pooled.batch([r"\boxed{2}", r"\boxed{3}"], ["2", "2"])] == [True, False]
+
+
 def test_affinity_queue_gives_each_worker_whole_problems():
     references = ["a", "b", "a", "c", "b", "a"]
     queue = _AffinityQueue(references)

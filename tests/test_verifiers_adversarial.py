@@ -29,6 +29,7 @@ ADVERSARIAL = {
     "invalid_unicode_and_nul": ("\ud800\x00 the answer is \\boxed{4\x00}\udfff", "4"),
     "nul_in_reference": (r"\boxed{4}", "4\x00\x00"),
     "latex_macro_definitions": (r"\def\x{\x\x}\newcommand{\y}{\y\y}\boxed{\x\y}", "1"),
+    "huge_power_equation": (r"\boxed{(x+1)^{1000000000} = 0}", "x + 1 = 0"),
     "huge_integer": (r"\boxed{" + "9" * 50_000 + "}", "1"),
     "many_anchors": ("the answer is 1. " * 200_000, "1"),
 }

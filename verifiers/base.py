@@ -189,6 +189,20 @@ class Verifier:
         except Exception:
             return Verdict(False, None, "error", self.name, 0.0)
 
+    def clear_caches(self) -> None:
+        """Forget memoized results here and in every running worker, which stay up and keep their warm imports.
+
+        For benchmarks that time repeated rounds of the same items: each round then does the work of a first one.
+        """
+        self._clear_local_caches()
+        with self._pool_lock:
+            pool = self._pool
+        if pool is not None:
+            pool.call_in_workers("_clear_local_caches")
+
+    def _clear_local_caches(self) -> None:
+        """Subclasses that memoize results clear them here (runs in this process and in each worker)."""
+
     def close(self) -> None:
         """Stop this verifier's worker processes (they also stop on their own when the process exits)."""
         with self._pool_lock:

@@ -70,6 +70,11 @@ class EnsembleVerifier(Verifier):
                 verdicts[i] = self._combine(votes, sum(v.ms for v in votes) or per_item_ms)
         return verdicts  # type: ignore[return-value]
 
+    def clear_caches(self) -> None:
+        """Forget the members' memoized results (see ``Verifier.clear_caches``)."""
+        for member in self.members:
+            member.clear_caches()
+
     def close(self) -> None:
         """Stop the members' worker processes."""
         for member in self.members:

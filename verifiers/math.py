@@ -8,7 +8,9 @@ Steps (all inside a worker process with a hard deadline, see ``verifiers.pool``)
    expression, so an un-delimited ``3x+4y+14=0`` or ``x^2+2x+1`` parses to ``0`` or nothing, and ``2, 3`` to ``3``.
    A plain number, with words after it or not ("18 dollars", "$1,000", "25%"), goes to math-verify's fast number
    reader as the bare number; plain words ("Monday") are compared as ``\text{...}``;
-3. ``verify(gold, answer)``, gold first, with math-verify's signal timeouts off (they fail off the main thread);
+3. ``verify(gold, answer)``, gold first, with math-verify's signal timeouts off (they fail off the main thread).
+   Two polynomial equations with small rational coefficients are decided by exact polynomial algebra instead
+   (``equations_equal``), only where that verdict is certain to be math-verify's: ms instead of 50-300 ms;
 4. a relative-tolerance check on numbers: math-verify rounds to ``float_rounding`` decimals, which makes
    ``1/2^99`` equal ``1/2^98`` and ``0.001`` equal ``0.0010001``.
 
@@ -82,6 +84,10 @@ class MathVerifier(Verifier):
         self._parse_gold = functools.lru_cache(maxsize=_GOLD_CACHE_SIZE)(self._parse_gold_uncached)
         self._compare = functools.lru_cache(maxsize=_ANSWER_CACHE_SIZE)(self._compare_uncached)
 
+    def _clear_local_caches(self) -> None:
+        self._parse_gold.cache_clear()
+        self._compare.cache_clear()
+
     def prepare(self) -> None:
         """Import math-verify and warm its regexes and parser, once per worker template."""
         # Signal timeouts are off on purpose (the pool enforces deadlines); silence the warning that says so.
@@ -120,7 +126,10 @@ class MathVerifier(Verifier):
     def _equal(self, gold: list[Any], answer: list[Any]) -> bool:
         from math_verify import verify
 
-        if not verify(gold, answer, float_rounding=self.options.float_rounding, timeout_seconds=None):
+        decided = equations_equal(gold, answer)
+        if decided is None:
+            decided = verify(gold, answer, float_rounding=self.options.float_rounding, timeout_seconds=None)
+        if not decided:
             return False
         return not (self.options.rel_tol > 0 and numbers_differ(gold, answer, self.options.rel_tol))
 
@@ -173,6 +182,110 @@ def numbers_differ(gold: list[Any], answer: list[Any], rel_tol: float) -> bool:
     if not gold_values or not answer_values:
         return False
     return not any(_close(g, a, rel_tol) for g in gold_values for a in answer_values)
+
+
+def equations_equal(gold: list[Any], answer: list[Any]) -> bool | None:
+    """``verify(gold, answer)`` for two polynomial equations, decided with exact polynomial algebra; else None.
+
+    Why: math-verify compares equations by subtracting sides, ``simplify`` and then ``solve`` on both (its variables
+    are real), 50-300 ms of sympy per pair, most of it on pairs that differ. Equations of degree at most 2 with small
+    rational coefficients are decided here in a few milliseconds, only where the verdict is certain to be
+    math-verify's (``tests/test_verifiers.py`` checks the two against each other):
+
+    * the sides' differences ``lhs - rhs`` are equal or opposite: a match (math-verify's first checks);
+    * both linear in two or more variables: a match iff proportional (``2x + 3y = 6``, ``4x + 6y = 12``), since
+      ``solve`` then gives both the same solution, and different lines give different ones;
+    * one variable, and one of the two has a real root: no match, because math-verify's ``solve`` step never
+      matches one-variable equations that have real roots (it returns a list of roots where it expects mappings).
+
+    Anything else returns None and math-verify decides: floats, constants such as pi, functions, sets, several
+    relations, quadratics in two or more variables, and one-variable equations with no real root (math-verify's
+    ``solve`` finds no roots for either and calls them equal).
+    """
+    gold_exprs = [g for g in gold if not isinstance(g, str)]
+    answer_exprs = [a for a in answer if not isinstance(a, str)]
+    if len(gold_exprs) != 1 or len(answer_exprs) != 1:
+        return None
+    try:
+        polys = _equation_polys(gold_exprs[0], answer_exprs[0])
+    except Exception:  # whatever sympy raises here, math-verify decides (it turns its own errors into False)
+        return None
+    if polys is None:
+        return None
+    # verify() also compares the raw texts it kept beside the parsed expressions; equal texts are a match.
+    texts_equal = any(
+        isinstance(g, str) and isinstance(a, str) and g.strip() and g.strip() == a.strip() for g in gold for a in answer
+    )
+    g, a = polys
+    try:
+        if g == a or g == -a:
+            return True
+        if len(g.gens) >= 2:
+            if g.total_degree() == 1 and a.total_degree() == 1:
+                return _proportional(g, a) or texts_equal
+            return None
+        if _has_real_root(g) or _has_real_root(a):
+            return texts_equal
+    except Exception:
+        pass
+    return None
+
+
+_MAX_DEGREE = 2
+# Numerators and denominators: keeps coefficient differences far above math-verify's 15-digit tolerance.
+_MAX_COEFFICIENT = 10**3
+_MAX_NUMBER_EXPONENT = 64
+
+
+def _equation_polys(gold: Any, answer: Any) -> tuple[Any, Any] | None:
+    """``lhs - rhs`` of two single equations as polynomials over the rationals in their variables, or None."""
+    from sympy import Eq, Expr, Integer, Poly, Pow, Symbol
+    from sympy.polys.domains import QQ, ZZ
+    from sympy.polys.polyerrors import PolynomialError
+
+    if not (isinstance(gold, Eq) and isinstance(answer, Eq)):
+        return None
+    if not all(isinstance(side, Expr) for side in (gold.lhs, gold.rhs, answer.lhs, answer.rhs)):
+        return None  # x = {1, 2}, an interval, a matrix
+    sides = [gold.lhs - gold.rhs, answer.lhs - answer.rhs]
+    symbols = gold.free_symbols | answer.free_symbols
+    if not symbols or not all(isinstance(s, Symbol) for s in symbols):
+        return None
+    for side in sides:
+        # Exponents are checked before expanding anything: (x + 1)^(10^9) or 10^(10^9) must not reach Poly.
+        for power in side.atoms(Pow):
+            if not isinstance(power.exp, Integer):
+                return None
+            if power.base.free_symbols and not 0 <= power.exp <= _MAX_DEGREE:
+                return None
+            if not power.base.free_symbols and abs(power.exp) > _MAX_NUMBER_EXPONENT:  # x/2 is x * 2^-1
+                return None
+    gens = sorted(symbols, key=lambda s: s.name)
+    polys = []
+    for side in sides:
+        try:
+            poly = Poly(side, *gens)
+        except PolynomialError:  # not a polynomial in these variables (1/x, sin(x))
+            return None
+        if poly.domain not in (ZZ, QQ) or poly.is_zero or poly.total_degree() > _MAX_DEGREE:
+            return None
+        if poly.total_degree() == 0:
+            return None  # a constant equation (0 = 5) is not an equation in these variables
+        for coefficient in poly.coeffs():
+            if max(abs(coefficient.p), abs(coefficient.q)) > _MAX_COEFFICIENT:
+                return None
+        polys.append(poly.to_field())  # both over QQ: a Poly over ZZ never equals one over QQ
+    return polys[0], polys[1]
+
+
+def _has_real_root(p: Any) -> bool:
+    """Whether a one-variable polynomial of degree 1 or 2 has a real root."""
+    return p.degree() == 1 or p.discriminant() >= 0
+
+
+def _proportional(p: Any, q: Any) -> bool:
+    """Whether polynomials ``p`` and ``q`` (same variables, over QQ) are constant multiples of each other."""
+    return p.monic() == q.monic()
 
 
 def _without_percent(parsed: list[Any]) -> list[Any]:

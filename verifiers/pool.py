@@ -172,6 +172,24 @@ class WorkerPool:
                     fail(worker, "timeout")
         return results  # type: ignore[return-value]
 
+    def call_in_workers(self, method: str) -> None:
+        """Call ``verifier.<method>()`` in every running worker, between batches (for example to clear caches).
+
+        A worker that fails or does not answer within ``timeout_s`` is replaced by a fresh fork of the template,
+        which holds no state of its own either. Workers not started yet are left alone.
+        """
+        with self._lock:
+            if not self.usable():
+                return
+            for worker in list(self._state.workers):
+                try:
+                    worker.conn.send((-1, method, None))  # index -1: a control message, not an item
+                    if worker.conn.poll(self.timeout_s) and worker.conn.recv() == (-1, None):
+                        continue
+                except (EOFError, OSError):
+                    pass
+                self._replace(worker)
+
     # -- process management ----------------------------------------------------------------------------------
     def _ensure_workers(self) -> None:
         if not self.usable():
@@ -377,6 +395,13 @@ def _worker_main(verifier: Any, conn: Connection, memory_mb: int) -> None:
             index, response, reference = conn.recv()
         except (EOFError, OSError):
             os._exit(0)
+        if index == -1:  # control message from call_in_workers: ``response`` names the method
+            try:
+                getattr(verifier, response)()
+                conn.send((-1, None))
+            except Exception:
+                os._exit(1)
+            continue
         verdict = verifier.safe_check(response, reference)
         try:
             conn.send((index, verdict))

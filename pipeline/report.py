@@ -1025,7 +1025,7 @@ def _markdown(cfg, table, manifest, reference, timing, meas, cal, cells, group_n
         + (f"({cfg.finetune.steps} steps x {cfg.finetune.batch_size} rows, compute-matched)"
            if cfg.finetune.budget == "steps" else f"({cfg.finetune.epochs:g} epochs, epoch-matched)")
         + f"; evaluation: {'greedy' if cfg.evaluate.greedy else f'{cfg.evaluate.n} samples'} on "
-        f"{len(problem_ids)} held-out problems, the same for every trial; seeds {list(cfg.grid.seeds)}. "
+        f"{len(problem_ids)} held-out problems, the same for every trial; {_seeds_text(cfg)}. "
         f"Intervals: {conf}% bootstrap over seeds and problems; differences are paired. Error = 1 - accuracy.")
     if timing:
         parts += ["", f"Time: {timing.get('total_seconds', '?')} s before this report (pool {timing.get('pool_seconds')} s, "
@@ -1164,6 +1164,12 @@ def _markdown(cfg, table, manifest, reference, timing, meas, cal, cells, group_n
     return "\n".join(parts) + "\n"
 
 
+def _seeds_text(cfg) -> str:
+    """The seeds of the grid, naming the blocks that set their own (theory.md §5: more seeds at the corners)."""
+    own = [f"{b.name} {list(b.seeds)}" for b in cfg.grid.blocks if b.seeds is not None]
+    return f"seeds {list(cfg.grid.seeds)}" + (f" ({', '.join(own)})" if own else "")
+
+
 def _reading_notes(meas: Measurements, winners, verdicts) -> list[str]:
     notes = [
         "- The theory is a linear teacher-student model; its calibration here (binary-mapped accuracies, an "
@@ -1181,6 +1187,17 @@ def _reading_notes(meas: Measurements, winners, verdicts) -> list[str]:
             "seeds, larger pools so that p = 0.1 still holds hundreds of problems, a student whose hard tier "
             "depends only on the curated data (pretrained on the easy levels alone), and a wider generator-quality "
             "gap (a generator near-perfect on the hard tier against one that mostly fails it).")
+    wrong = sorted({(k[0], k[2], k[4]) for k, cell in meas.cells.items()
+                    if k[3] in ("keep_hard", "keep_easy") and k[4] < 1
+                    and np.mean([t.get("kept_trace_accuracy", np.nan) for t in cell.trials]) < 0.1})
+    if wrong:
+        cells = ", ".join(f"{g} n={n} p={p:g}" for g, n, p in wrong[:4]) + (", ..." if len(wrong) > 4 else "")
+        notes.append(
+            f"- Label-agnostic cells whose kept traces are almost all wrong ({cells}): the rule kept problems that no "
+            "sample solved and trains on one of their (wrong) completions, so the cell measures training on wrong "
+            "answers as much as difficulty. The label-aware rules (keep_hard_correct, keep_easy_correct) keep "
+            "verified traces only; they are the fairer test of keep-hard on such a pool. Oracle noise can then "
+            "look like it helps: random scores swap some unsolved problems for solved ones.")
     if all(v["verdict"] == INCONCLUSIVE for v in verdicts):
         notes.append("- Every verdict is inconclusive at this scale: the differences between cells are within the "
                      "intervals. The same grid at larger n, with more seeds and held-out problems, is the next step.")

@@ -126,6 +126,10 @@ class GridBlock(Frozen):
     generator_noise: tuple[float, ...] = Field(
         (0.0,), description="eps: fraction of correct training completions swapped for wrong-answer ones."
     )
+    seeds: tuple[int, ...] | None = Field(
+        None, description="Seeds of this block's cells (default: grid.seeds). theory.md §5: three seeds for the "
+        "corners, one seed plus the bootstrap over evaluation problems elsewhere.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "GridBlock":
@@ -139,6 +143,8 @@ class GridBlock(Frozen):
         for name, values in (("oracle_noise", self.oracle_noise), ("generator_noise", self.generator_noise)):
             if not values or any(not 0 <= v <= 1 for v in values):
                 raise ValueError(f"{name} values must lie in [0, 1]")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("seeds must be a non-empty list of distinct integers (or omitted: grid.seeds)")
         return self
 
 
@@ -331,7 +337,7 @@ def expand_grid(cfg: SweepConfig) -> list[dict[str, Any]]:
                     for p in block.keep_fractions:
                         for eta in block.oracle_noise:
                             for eps in block.generator_noise:
-                                for seed in cfg.grid.seeds:
+                                for seed in block.seeds or cfg.grid.seeds:
                                     crule, cp, ceta = canonical_cell(rule, p, eta)
                                     spec = {"kind": "grid", "generator": gen, "pool_size": int(n), "rule": crule,
                                             "keep_fraction": cp, "oracle_noise": ceta,
@@ -446,10 +452,16 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def pool_samples(manifest: dict[str, Any], generator: str):
-    """One generator's pool as a pandas table: one row per sample, with pass rates (completion text included)."""
+    """One generator's pool as a pandas table: one row per sample, with pass rates (completion text included).
+
+    Rows are sorted by problem and sample: part files are named at random per run, and the row order decides a
+    trial's training order, so without the sort two fresh runs of one sweep would train on differently ordered data.
+    """
+    from pipeline import columns as C
     from pipeline import io
 
-    return io.read_table(manifest["generators"][generator]["directory"]).to_pandas()
+    table = io.read_table(manifest["generators"][generator]["directory"]).to_pandas()
+    return table.sort_values([C.PROBLEM_ID, C.SAMPLE_IDX], kind="stable").reset_index(drop=True)
 
 
 def pool_problems(manifest: dict[str, Any]):

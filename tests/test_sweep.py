@@ -52,18 +52,23 @@ def test_shipped_configs_validate(name):
     cfg = load_sweep_config(ROOT / "configs" / name)
     specs = expand_grid(cfg)
     assert specs and len({s["trial_id"] for s in specs}) == len(specs)
-    assert len(cfg.grid.seeds) >= (3 if name != "phase_smoke.yaml" else 1)
+    most_seeds = max(len(block.seeds or cfg.grid.seeds) for block in cfg.grid.blocks)
+    assert most_seeds >= (3 if name != "phase_smoke.yaml" else 1)
 
 
 def test_phase_tiny_fits_the_trial_budget():
     cfg = load_sweep_config(ROOT / "configs" / "phase_tiny.yaml")
     specs = expand_grid(cfg)
     grid = [s for s in specs if s["kind"] == "grid"]
-    # ~25 s per trial on 2 cores: about 60 trial-sized jobs fit in 30 minutes with the pool (toyworld.md §4).
-    assert len(grid) + cfg.loop.rounds * len(cfg.loop.rules) <= 60
+    # Measured: a 300 x 16 trial takes ~90 s on one core with a second beside it (~45 s of the sweep each), and the
+    # pools ~4.5 min, so about 30 trial-sized jobs fit in 30 minutes.
+    assert cfg.finetune.steps * cfg.finetune.batch_size <= 300 * 16
+    assert len(grid) + cfg.loop.rounds * len(cfg.loop.rules) <= 30
     assert {s["generator"] for s in grid} == {"weak", "strong"}
-    assert min(s["pool_size"] for s in grid) == 100 and max(s["pool_size"] for s in grid) == 3000
+    assert min(s["pool_size"] for s in grid) == 300 and max(s["pool_size"] for s in grid) == 3000
     assert cfg.finetune.student == "toy:student" and cfg.pool.sample.k == 8 and cfg.evaluate.greedy
+    corners = [s for s in grid if s["block"] == "corners"]
+    assert {s["seed"] for s in corners} == {0, 1, 2}  # three seeds for the corners (theory.md §5)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -107,6 +112,37 @@ def test_grid_shares_p1_cells_and_ignores_oracle_noise_where_no_score_is_used():
     assert len(grid) == 2 * 2 * (2 + 1 + 3 * 2)
     assert [s["kind"] for s in specs[:2]] == ["loop", "loop"]  # the long chains start first
     assert {s["rule"] for s in grid if s["keep_fraction"] == 1.0} == {"all", "correct_only"}
+
+
+def test_blocks_can_name_their_own_seeds():
+    cfg = parse_sweep_config(_config(**{
+        "grid.seeds": [0],
+        "grid.blocks": [{"name": "corners", "pool_sizes": [40], "keep_fractions": [0.5, 1.0],
+                         "rules": ["keep_hard"], "seeds": [0, 1, 2]},
+                        {"name": "rest", "pool_sizes": [20], "keep_fractions": [0.5], "rules": ["keep_hard"]}],
+    }))
+    grid = [s for s in expand_grid(cfg) if s["kind"] == "grid"]
+    assert sorted((s["pool_size"], s["keep_fraction"], s["seed"]) for s in grid) == [
+        (20, 0.5, 0), (40, 0.5, 0), (40, 0.5, 1), (40, 0.5, 2), (40, 1.0, 0), (40, 1.0, 1), (40, 1.0, 2)]
+    with pytest.raises(ConfigError, match="distinct"):
+        parse_sweep_config(_config(**{"grid.blocks": [{"pool_sizes": [20], "seeds": [1, 1]}]}))
+
+
+def test_pool_rows_come_in_the_same_order_whatever_the_part_file_names(tmp_path):
+    from pipeline.sweep import pool_samples
+
+    def rows(pid):
+        return pd.DataFrame({C.PROBLEM_ID: [pid, pid], C.SAMPLE_IDX: [1, 0], C.COMPLETION: ["b", "a"]})
+
+    orders = []
+    for names in (("part-0", "part-1"), ("part-1", "part-0")):  # random names: either problem's part comes first
+        d = tmp_path / "-".join(names)
+        d.mkdir()
+        rows("p1").to_parquet(d / f"{names[0]}.parquet")
+        rows("p2").to_parquet(d / f"{names[1]}.parquet")
+        table = pool_samples({"generators": {"g": {"directory": str(d)}}}, "g")
+        orders.append(list(zip(table[C.PROBLEM_ID], table[C.SAMPLE_IDX])))
+    assert orders[0] == orders[1] == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
 
 
 def test_pool_sizes_are_nested_random_subsets_per_seed():

@@ -54,6 +54,10 @@ class Cell:
     def variant(self) -> tuple[str, float]:
         return self.key[0], self.key[1]
 
+    def trial_mean(self, name: str) -> float:
+        """Mean over the cell's trials of a curation figure (``kept_rows``, ``kept_trace_accuracy``)."""
+        return float(np.mean([t.get(name, np.nan) for t in self.trials]))
+
 
 def _rng(*names: object) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(repr(n).encode()) for n in names])
@@ -914,8 +918,8 @@ def cell_rows(meas: Measurements, cal: Calibration, group_names: list[str]) -> l
         base = meas.baseline(key[:2], key[2], key[3])
         row = {"generator": key[0], "generator_noise": key[1], "pool_size": key[2], "rule": key[3],
                "keep_fraction": key[4], "oracle_noise": key[5], "seeds": len(cell.seeds),
-               "kept_rows": float(np.mean([t.get("kept_rows", np.nan) for t in cell.trials])),
-               "kept_trace_accuracy": float(np.mean([t.get("kept_trace_accuracy", np.nan) for t in cell.trials]))}
+               "kept_rows": cell.trial_mean("kept_rows"),
+               "kept_trace_accuracy": cell.trial_mean("kept_trace_accuracy")}
         for g in group_names:
             e = meas.error(key, g)
             row[f"error_{g}"], row[f"error_{g}_low"], row[f"error_{g}_high"] = e
@@ -1187,9 +1191,11 @@ def _reading_notes(meas: Measurements, winners, verdicts) -> list[str]:
             "seeds, larger pools so that p = 0.1 still holds hundreds of problems, a student whose hard tier "
             "depends only on the curated data (pretrained on the easy levels alone), and a wider generator-quality "
             "gap (a generator near-perfect on the hard tier against one that mostly fails it).")
+    from pipeline.sweep import LABEL_AWARE_RULES, SCORED_RULES
+
+    label_agnostic_scored = [rule for rule in SCORED_RULES if rule not in LABEL_AWARE_RULES]
     wrong = sorted({(k[0], k[2], k[4]) for k, cell in meas.cells.items()
-                    if k[3] in ("keep_hard", "keep_easy") and k[4] < 1
-                    and np.mean([t.get("kept_trace_accuracy", np.nan) for t in cell.trials]) < 0.1})
+                    if k[3] in label_agnostic_scored and k[4] < 1 and cell.trial_mean("kept_trace_accuracy") < 0.1})
     if wrong:
         cells = ", ".join(f"{g} n={n} p={p:g}" for g, n, p in wrong[:4]) + (", ..." if len(wrong) > 4 else "")
         notes.append(

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from pipeline.cluster import RayConfig
 from pipeline.evaluate import EvaluateConfig
 from pipeline.finetune import FinetuneConfig
 from pipeline.registry import STAGES, UnknownName, stage_class
@@ -19,16 +20,6 @@ from stages.base import Frozen, StageConfig
 
 class ConfigError(ValueError):
     """A config that cannot run. The message names the field and what to change."""
-
-
-class RayConfig(Frozen):
-    """How the runner reaches Ray."""
-
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (None: all). Ignored on a cluster.")
-    address: str | None = Field(
-        None, description="Cluster address; the RAY_ADDRESS environment variable takes precedence. None: embedded local Ray."
-    )
-    progress_bars: bool = Field(True, description="Show Ray Data progress bars.")
 
 
 class RunConfig(Frozen):

@@ -339,12 +339,12 @@ def _ray_worker(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_with_ray(job: dict[str, Any], cfg: FinetuneConfig, out_dir: Path, model_dir: Path) -> dict[str, Any]:
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    from pipeline.cluster import connect
+
+    connect()
     storage = out_dir / "ray"
     trainer = TorchTrainer(
         _ray_worker,

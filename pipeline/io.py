@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import uuid
 from pathlib import Path
@@ -109,3 +111,52 @@ def read_problem_table(directory: str | os.PathLike, columns: tuple[str, ...]):
     """One row per problem (pandas), from sample-level rows that carry per-problem columns."""
     table = read_columns(directory, columns).to_pandas()
     return table.drop_duplicates(subset=[C.PROBLEM_ID]).reset_index(drop=True)
+
+
+# -- fingerprints and completion markers ---------------------------------------------------------------------------
+
+MARKER = "_SUCCESS"
+
+
+def digest(*parts: object, length: int = 20) -> str:
+    """A short stable hash of JSON-able parts (fingerprints of stages, steps and trials)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def code_hash(*sources: object, length: int = 16) -> str:
+    """Hash of the source code behind a result. Each source is a module, a file path, or a package directory (every
+    ``.py`` file below it, in path order), so an edit to any file of a package changes the hash."""
+    h = hashlib.sha256()
+    for source in sources:
+        path = Path(getattr(source, "__file__", None) or source)  # type: ignore[arg-type]
+        if path.name == "__init__.py" and getattr(source, "__path__", None):
+            path = path.parent  # a package: all of its files
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            h.update(f.relative_to(path.parent).as_posix().encode() if path.is_dir() else b"")
+            h.update(f.read_bytes())
+    return h.hexdigest()[:length]
+
+
+def read_marker(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The completion marker of a directory (None when there is none or it cannot be read)."""
+    marker = Path(directory) / MARKER
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def marker_matches(directory: str | os.PathLike, fingerprint: str) -> bool:
+    """Whether the directory holds a finished result of exactly this fingerprint."""
+    marker = read_marker(directory)
+    return marker is not None and marker.get("fingerprint") == fingerprint
+
+
+def write_marker(directory: str | os.PathLike, fingerprint: str, **payload: Any) -> None:
+    """Mark a directory finished (atomically: a killed write leaves the old marker or none, never half a file)."""
+    directory = Path(directory)
+    tmp = directory / f".{MARKER}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, **payload}, indent=1, default=str))
+    os.replace(tmp, directory / MARKER)

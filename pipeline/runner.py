@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -112,13 +111,9 @@ class Runner:
             return
         import ray
 
-        address = os.environ.get("RAY_ADDRESS") or self.cfg.ray.address
-        if not ray.is_initialized():
-            if address:
-                self.console.print(f"[bold]ray[/]: attaching to cluster at {address}")
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=self.cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+        from pipeline.cluster import connect
+
+        connect(self.cfg.ray, self.console)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = self.cfg.ray.progress_bars
         ctx.verbose_stats_logs = False

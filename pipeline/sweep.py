@@ -790,23 +790,13 @@ def _trial_dirname(trial) -> str:
     return trial.config["trial"]["trial_id"]
 
 
-def _ensure_ray(ray_cfg: RayConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or ray_cfg.address
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False, log_to_driver=False)
-
-
 def run_trials(cfg: SweepConfig, specs: list[dict[str, Any]], console=None):
     """Run the trials under Ray Tune, resuming the experiment when it exists; returns Tune's ResultGrid."""
     from ray import tune
 
-    _ensure_ray(cfg.ray)
+    from pipeline.cluster import connect
+
+    connect(cfg.ray)
     run_dir = cfg.resolved_run_dir
     storage = run_dir / TUNE_DIR
     name = f"trials-{_digest([s['trial_id'] for s in specs], [s.get('fingerprint') for s in specs])[:12]}"

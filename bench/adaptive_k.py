@@ -70,7 +70,7 @@ def tallies(rows: list[dict]) -> dict[str, list[bool]]:
 def tiers(verdicts: dict[str, list[bool]], decide, merge_ends: bool = False) -> dict[str, int]:
     import numpy as np
 
-    from stages.adaptive import classes
+    from stages.sample.adaptive import classes
 
     pids = list(verdicts)
     five = decide.model_copy(update={"by": "tiers", "exact_ends": True})
@@ -84,7 +84,7 @@ def replay(verdicts: dict[str, list[bool]], rounds: tuple[int, ...], decide) -> 
     """Agreement (5 tiers, 3 tiers) and sample fraction of an adaptive rule, replayed on fixed-k verdicts."""
     import numpy as np
 
-    from stages.adaptive import decided
+    from stages.sample.adaptive import decided
 
     budget = rounds[-1]
     pids = list(verdicts)
@@ -137,7 +137,7 @@ def main() -> int:
 
     from pipeline import columns as C
     from pipeline.models import resolve_model
-    from stages.adaptive import DecideConfig
+    from stages.sample.adaptive import DecideConfig
     from stages.sample import SampleConfig, SampleStage
     from stages.verify import VerifyConfig, VerifyStage
 

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.model is None:
-        from pipeline.toyworld import ensure_toy_model
+        from pipeline.toymodel import ensure_toy_model
 
         args.model = str(ensure_toy_model("test", progress=False))
     out = args.keep or Path(tempfile.mkdtemp(prefix="lm-drivermem-"))

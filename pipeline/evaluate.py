@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stages.base import Frozen
-from stages.source import SourceConfig
-from stages.verify import VerifyConfig
+from stages.source import SourceConfig, refuse_keys
+from stages.verify import VerifySettings
 
 # Added to the run seed to draw generated held-out problems, so they never share the pool's seed by default.
 HELDOUT_SEED_OFFSET = 1_000_003
@@ -64,7 +64,12 @@ class EvaluateConfig(Frozen):
     seed: int | None = Field(None, description="Seed of sampling and of the bootstrap (default: the run seed).")
     batch_size: int = Field(1024, ge=1, description="Problems per call of the sample stage.")
     threads: int | None = Field(None, ge=1, description="torch threads for generation (None: every core).")
-    verify: VerifyConfig | None = Field(None, description="Verifier settings (default: the run's verify stage).")
+    verify: VerifySettings | None = Field(None, description="Verifier settings (default: the run's verify stage).")
+
+    @field_validator("heldout")
+    @classmethod
+    def _heldout_split(cls, heldout: SourceConfig) -> SourceConfig:
+        return refuse_keys(heldout, ("split",), "held-out rows are always written with split 'heldout'")
 
     @model_validator(mode="after")
     def _something_to_score(self) -> "EvaluateConfig":
@@ -302,15 +307,15 @@ def paired_difference(
 
 
 def _sample_config(cfg: EvaluateConfig, sample_cfg, *, greedy: bool, seed: int, gguf_file: str | None):
-    from stages.sample import SampleConfig
+    from stages.sample import SampleSettings
 
-    base = sample_cfg or SampleConfig()
+    # The run's sampling settings without its workers' resources: evaluation samples in this process.
+    base = SampleSettings.model_validate(sample_cfg.model_dump(exclude={"resources"})) if sample_cfg else SampleSettings()
     threads = cfg.threads or os.cpu_count() or 1
     update = {
         "k": 1 if greedy else cfg.n, "temperature": 0.0 if greedy else cfg.temperature,
         "top_p": 1.0 if greedy else cfg.top_p, "max_tokens": cfg.max_tokens or base.max_tokens, "seed": seed,
         "gguf_file": gguf_file, "threads": threads,
-        "resources": base.resources.model_copy(update={"batch_size": cfg.batch_size}),
     }
     return base.model_copy(update=update)
 
@@ -332,7 +337,7 @@ def evaluate(
     *,
     run_seed: int = 0,
     sample_cfg=None,
-    verify_cfg: VerifyConfig | None = None,
+    verify_cfg: VerifySettings | None = None,
     exclude_ids=(),
     exclude_texts=(),
     model_gguf: dict[str, str | None] | None = None,
@@ -344,7 +349,7 @@ def evaluate(
         models: name -> (model reference, resolved path), e.g. {"base": ("toy:student", path), "finetuned": (dir,
             dir)}.
         sample_cfg: the run's sample stage config (prompt template, chat template, max_tokens, backend).
-        verify_cfg: the verifier (default: ``cfg.verify``, else VerifyConfig()).
+        verify_cfg: the verifier (default: ``cfg.verify``, else VerifySettings()).
         exclude_ids / exclude_texts: problem ids and texts of the pool and the training set.
         model_gguf: name -> gguf_file, for models that ship GGUF.
         pairs: (a, b) pairs reported as "a - b" with a paired interval; default: every model against "base".
@@ -357,7 +362,7 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     heldout = heldout_problems(cfg, run_seed, exclude_ids, exclude_texts)
-    verify_stage = VerifyStage(cfg.verify or verify_cfg or VerifyConfig())
+    verify_stage = VerifyStage(cfg.verify or verify_cfg or VerifySettings())
     scores: dict[str, ProblemScores] = {}
     result: dict[str, Any] = {"models": {}}
     for name, (ref, path) in models.items():

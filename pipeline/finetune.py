@@ -181,13 +181,11 @@ def training_order(n_rows: int, cfg: FinetuneConfig, seed: int) -> list[int]:
 
 def prompt_texts(problems: list[str], tokenizer: Any, prompt_cfg: Any | None = None) -> list[str]:
     """Prompts exactly as the sample stage writes them (template, chat template when the tokenizer has one)."""
-    from types import SimpleNamespace
+    from stages.sample import SampleSettings
+    from stages.sample.backend import render_prompt
 
-    from stages.sample import HFBackend, SampleConfig
-
-    # HFBackend.prompt_text reads only .cfg and .tokenizer: borrow it without loading a model for generation.
-    view = SimpleNamespace(cfg=prompt_cfg or SampleConfig(), tokenizer=tokenizer)
-    return [HFBackend.prompt_text(view, p) for p in problems]
+    cfg = prompt_cfg or SampleSettings()
+    return [render_prompt(cfg, tokenizer, p) for p in problems]
 
 
 def _rows_of(train_rows: Any) -> tuple[list[str], list[str]]:

@@ -16,7 +16,7 @@ TOY_PREFIX = "toy:"
 def resolve_model(ref: str) -> str:
     """A path or hub id that ``from_pretrained`` accepts. ``toy:NAME`` builds the project's tiny model if needed."""
     if ref.startswith(TOY_PREFIX):
-        from pipeline.toyworld import ensure_toy_model
+        from pipeline.toymodel import ensure_toy_model
 
         return str(ensure_toy_model(ref[len(TOY_PREFIX):]))
     if ref.startswith(PACKAGED_PREFIXES):

@@ -1,10 +1,11 @@
-"""The runner: the only code that talks to Ray. Each stage's output lands in run_dir/NN_<stage>/ as parquet parts,
-with a ``_SUCCESS`` marker holding its fingerprint and counts. A rerun skips stages whose fingerprint matches and
-resumes a half-done map stage from the parts already written (input rows whose outputs exist are skipped)."""
+"""The runner: runs a config's stages through Ray Data. Each stage's output lands in run_dir/NN_<stage>/ as parquet
+parts, with a ``_SUCCESS`` marker holding its fingerprint and counts. A rerun skips stages whose fingerprint matches
+and resumes a half-done map stage from the parts already written (input rows whose outputs exist are skipped).
+
+The runner knows stages only through their contract (``stages.base.Stage``): it never tests a stage's name."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -24,7 +25,7 @@ from stages.base import RunContext, Stage
 log = logging.getLogger(__name__)
 
 CODE_VERSION = "0.1.0"
-MARKER = "_SUCCESS"
+MARKER = io.MARKER
 STARTED = "_STARTED"
 
 
@@ -76,21 +77,17 @@ def check_columns(cfg: RunConfig) -> None:
         available |= set(stage.adds)
 
 
-def _code_hash(stage: type[Stage]) -> str:
-    h = hashlib.sha256(CODE_VERSION.encode())
-    for f in (*stage.code_files(), C.__file__, __file__):
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()[:16]
+def stage_fingerprint(upstream: str, name: str, cfg) -> str:
+    """Fingerprint of (upstream fingerprint, stage config without resources, the stage's code, what its config only
+    names). The code is every source the stage declares, the row contract and this runner."""
+    import sys
 
-
-def stage_fingerprint(upstream: str, name: str, cfg, extra: str = "") -> str:
-    """Fingerprint of (upstream fingerprint, stage config without resources, code version, extra)."""
     stage = stage_class(name)
     body = json.loads(config_json(cfg))
     body.pop("resources", None)  # where a stage runs does not change what it outputs
     body.pop("overwrite", None)  # nor does permission to replace an earlier export
-    payload = json.dumps([upstream, name, body, _code_hash(stage), extra], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+    code = io.code_hash(*stage.code_sources(), C, sys.modules[__name__])
+    return io.digest(upstream, name, body, CODE_VERSION, code, stage.fingerprint_extra(cfg))
 
 
 class Runner:
@@ -133,10 +130,9 @@ class Runner:
         for idx, (name, scfg) in enumerate(self.cfg.stages):
             stage = stage_class(name)
             out_dir = self.run_dir / f"{idx:02d}_{name}"
-            fp = stage_fingerprint(upstream_fp, name, scfg, self._extra_fingerprint(stage, scfg))
-            marker = out_dir / MARKER
-            if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp:
-                res = StageResult(**{**json.loads(marker.read_text())["result"], "status": "skipped", "seconds": 0.0})
+            fp = stage_fingerprint(upstream_fp, name, scfg)
+            if io.marker_matches(out_dir, fp):
+                res = StageResult(**{**io.read_marker(out_dir)["result"], "status": "skipped", "seconds": 0.0})
                 self.console.print(f"[dim]{out_dir.name}: up to date, skipped[/]")
             else:
                 res = self._run_stage(stage, scfg, out_dir, upstream_dir, fp)
@@ -147,14 +143,6 @@ class Runner:
         for r in results:
             outputs.update(r.extra.get("outputs", {}))
         return RunResult(self.run_dir, results, outputs)
-
-    def _extra_fingerprint(self, stage: type[Stage], scfg) -> str:
-        model = getattr(scfg, "model", None)
-        if stage.name == "sample" and model:
-            from pipeline.models import model_fingerprint, resolve_model
-
-            return model_fingerprint(resolve_model(model))
-        return ""
 
     def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str) -> StageResult:
         started = out_dir / STARTED
@@ -176,15 +164,18 @@ class Runner:
             extra = stage(scfg, output_root=self.cfg.output_root).write(upstream_dir, str(out_dir), self.context) or {}
         else:
             self._ensure_ray()
-            prepared = stage.prepare(scfg, upstream_dir, self.context)
+            res = scfg.resources
+            context = self.context.model_copy(update={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus})
+            prepared = stage.prepare(scfg, upstream_dir, context)
             extra = self._run_distributed(stage, scfg, prepared, out_dir, upstream_dir)
         seconds = time.perf_counter() - t0
         res = self._account(stage, scfg, out_dir, upstream_dir, fp, status, seconds, extra)
-        (out_dir / MARKER).write_text(json.dumps({"fingerprint": fp, "result": res.__dict__}, indent=1, default=str))
+        io.write_marker(out_dir, fp, result=res.__dict__)
         started.unlink(missing_ok=True)
         self.console.print(
             f"  {res.rows_in} in -> {res.rows_out} out, {res.rejected} rejected"
             + (f", {res.kept} kept, dropped {res.dropped}" if res.kept is not None else "")
+            + "".join(f", {n} {column}" for column, n in res.extra.get("tallies", {}).items() if n)
             + f" ({seconds:.1f}s)"
         )
         return res
@@ -272,6 +263,9 @@ class Runner:
 
     # -- accounting ----------------------------------------------------------------------------------------
     def _account(self, stage, scfg, out_dir, upstream_dir, fp, status, seconds, extra) -> StageResult:
+        """Count what the stage did and check it against its contract: every input row written or rejected (fan-out
+        rows per input where the stage fixes them), no two output rows with one output key, and for stages that mark
+        rows kept + dropped + rejected = in."""
         rows_out = io.count_rows(out_dir)
         rejected = io.count_rows(self._rejects_dir(out_dir))
         rows_in = io.count_rows(upstream_dir) if upstream_dir else rows_out + rejected
@@ -280,39 +274,32 @@ class Runner:
         if stage.kind == "sink":
             res.rows_out = int(extra.get("rows", 0))
             return res
-        if stage.kind == "map" and stage.input_key:
-            self._check_unique(stage, out_dir)
-        per_input = stage.rows_per_input(scfg)
-        if stage.kind == "source":
-            return res
-        if stage.name == "curate" or C.KEPT in stage.adds:
+        if stage.output_key:
+            t = io.read_columns(out_dir, stage.output_key).to_pandas()
+            dup = int(t.duplicated().sum())
+            if dup:
+                raise CountMismatch(f"{stage.name}: {dup} duplicate rows by {list(stage.output_key)} in {out_dir}")
+        if stage.tallies:
+            t = io.read_columns(out_dir, stage.tallies).to_pandas()
+            res.extra["tallies"] = {c: int(t[c].fillna(False).astype(bool).sum()) for c in stage.tallies if c in t}
+        if C.KEPT in stage.adds:
             t = io.read_columns(out_dir, [C.KEPT, C.DROP_REASON]).to_pandas()
             res.kept = int(t[C.KEPT].sum())
             res.dropped = {str(k): int(v) for k, v in t.loc[~t[C.KEPT], C.DROP_REASON].value_counts().items()}
             if res.kept + sum(res.dropped.values()) + rejected != rows_in:
                 raise CountMismatch(f"{stage.name}: {rows_in} rows in != {res.kept} kept + "
                                     f"{sum(res.dropped.values())} dropped + {rejected} rejected")
-        expected = None
-        if per_input is not None and C.SAMPLE_IDX not in stage.requires and stage.name == "sample":
-            expected = None  # sample reconciles per problem below
-        if stage.name == "sample":
-            problems_out = io.read_columns(out_dir, [C.PROBLEM_ID]).to_pandas()[C.PROBLEM_ID].nunique()
-            rejected_problems = io.read_columns(self._rejects_dir(out_dir), [C.PROBLEM_ID]).to_pandas()[C.PROBLEM_ID].nunique() if rejected else 0
-            expected = (rows_in - rejected_problems) * per_input if per_input else None
-            if problems_out + rejected_problems != rows_in:
-                raise CountMismatch(f"sample: {rows_in} problems in != {problems_out} sampled + {rejected_problems} rejected")
-        elif per_input == 1:
-            expected = rows_in - rejected
-        if expected is not None and rows_out != expected:
-            raise CountMismatch(f"{stage.name}: expected {expected} rows out, found {rows_out}")
+        if stage.kind == "map":
+            accepted = rows_in - rejected  # a rejected input leaves one row, with its reason, in rejects/
+            per_input = stage.rows_per_input(scfg)
+            if per_input is None:  # a varying fan-out: every accepted input must have written rows
+                written = len(io.read_columns(out_dir, stage.input_key).to_pandas().drop_duplicates())
+                if written != accepted:
+                    raise CountMismatch(f"{stage.name}: {rows_in} rows in != {written} written + {rejected} rejected")
+            elif rows_out != per_input * accepted:
+                raise CountMismatch(f"{stage.name}: expected {per_input} x ({rows_in} in - {rejected} rejected) = "
+                                    f"{per_input * accepted} rows out, found {rows_out}")
         return res
-
-    def _check_unique(self, stage, out_dir: Path) -> None:
-        key = [C.PROBLEM_ID, C.SAMPLE_IDX] if stage.name in ("sample", "verify") else list(stage.input_key)
-        t = io.read_columns(out_dir, key).to_pandas()
-        dup = int(t.duplicated().sum())
-        if dup:
-            raise CountMismatch(f"{stage.name}: {dup} duplicate rows by {key} in {out_dir}")
 
     def _write_stats(self, results: list[StageResult]) -> None:
         stats = {"run_dir": str(self.run_dir), "stages": [r.__dict__ for r in results]}

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
+from pipeline import io
 from pipeline.config import ConfigError, RunConfig, config_json
 
 FINETUNE_DIR = "finetune"
 EVALUATE_DIR = "evaluate"
-MARKER = "_SUCCESS"
 
 
 def run_all(cfg: RunConfig, console=None) -> int:
@@ -63,19 +62,6 @@ def check_steps(cfg: RunConfig) -> str | None:
     return None
 
 
-def _fingerprint(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _up_to_date(directory: Path, fingerprint: str) -> bool:
-    marker = directory / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
-
-
-def _code_hash(module_file: str) -> str:
-    return hashlib.sha256(Path(module_file).read_bytes()).hexdigest()[:16]
-
-
 def _training_rows(result):
     import datasets
 
@@ -92,12 +78,12 @@ def _finetune_step(cfg: RunConfig, result, console) -> Path:
     out_dir = result.run_dir / FINETUNE_DIR
     export = next(r for r in result.stages if r.name == "export")
     student_path = resolve_model(cfg.finetune.student)
-    fp = _fingerprint(export.fingerprint, config_json(cfg.finetune), cfg.seed, model_fingerprint(student_path),
-                      config_json(cfg.stage("sample")) if cfg.stage("sample") else None, _code_hash(ft.__file__))
-    if _up_to_date(out_dir, fp):
+    fp = io.digest(export.fingerprint, config_json(cfg.finetune), cfg.seed, model_fingerprint(student_path),
+                   _prompt_settings(cfg), io.code_hash(ft))
+    if io.marker_matches(out_dir, fp):
         console.print(f"[dim]{FINETUNE_DIR}: up to date, skipped[/]")
         return out_dir / "model"
-    (out_dir / MARKER).unlink(missing_ok=True)
+    (out_dir / io.MARKER).unlink(missing_ok=True)
     rows = _training_rows(result)
     fc = cfg.finetune
     console.print(f"[bold cyan]{FINETUNE_DIR}[/]: {fc.student} on {len(rows)} rows, "
@@ -106,8 +92,14 @@ def _finetune_step(cfg: RunConfig, result, console) -> Path:
     stats = ft.read_train_stats(out_dir)
     console.print(f"  loss {stats['first_logged_loss']:.3f} -> {stats['last_logged_loss']:.3f}, "
                   f"{stats['optimizer_steps']} steps, {stats['epochs_seen']:.1f} epochs ({stats['wall_seconds']:.1f}s)")
-    (out_dir / MARKER).write_text(json.dumps({"fingerprint": fp, "stats": stats}, indent=1))
+    io.write_marker(out_dir, fp, stats=stats)
     return model_dir
+
+
+def _prompt_settings(cfg: RunConfig) -> dict | None:
+    """The sample stage's settings that shape prompts and evaluation (its resources change nothing)."""
+    sample = cfg.stage("sample")
+    return None if sample is None else sample.model_dump(mode="json", exclude={"resources"})
 
 
 def heldout_exclusions(result, with_training_set: bool = True) -> tuple[set[str], set[str]]:
@@ -142,20 +134,20 @@ def _evaluate_step(cfg: RunConfig, result, model_dir: Path | None, console) -> P
     if ec.model:
         models[ec.model if ec.model not in models else "model"] = (ec.model, resolve_model(ec.model))
     sample_cfg, verify_cfg = cfg.stage("sample"), cfg.stage("verify")
-    fp = _fingerprint(config_json(ec), cfg.seed, {k: model_fingerprint(p) for k, (_, p) in models.items()},
-                      config_json(sample_cfg) if sample_cfg else None, config_json(verify_cfg) if verify_cfg else None,
-                      result.stages[0].fingerprint, _code_hash(ev.__file__))
+    fp = io.digest(config_json(ec), cfg.seed, {k: model_fingerprint(p) for k, (_, p) in models.items()},
+                   _prompt_settings(cfg), verify_cfg.model_dump(mode="json", exclude={"resources"}) if verify_cfg else None,
+                   result.stages[0].fingerprint, io.code_hash(ev))
     metrics_path = out_dir / "metrics.json"
-    if _up_to_date(out_dir, fp) and metrics_path.is_file():
+    if io.marker_matches(out_dir, fp) and metrics_path.is_file():
         console.print(f"[dim]{EVALUATE_DIR}: up to date, skipped[/]")
         metrics = json.loads(metrics_path.read_text())
     else:
-        (out_dir / MARKER).unlink(missing_ok=True)
+        (out_dir / io.MARKER).unlink(missing_ok=True)
         console.print(f"[bold cyan]{EVALUATE_DIR}[/]: {', '.join(models)} on held-out problems")
         pool_ids, pool_texts = heldout_exclusions(result)
         metrics = ev.evaluate(ec, models, out_dir, run_seed=cfg.seed, sample_cfg=sample_cfg, verify_cfg=verify_cfg,
                               exclude_ids=pool_ids, exclude_texts=pool_texts, model_gguf=gguf)
-        (out_dir / MARKER).write_text(json.dumps({"fingerprint": fp}))
+        io.write_marker(out_dir, fp)
     console.print(ev.metrics_table(metrics))
     headline = ev.headline_metric(metrics)
     conf = f"{100 * metrics['settings']['confidence']:g}% CI"

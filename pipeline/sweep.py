@@ -364,14 +364,14 @@ def _code_hash() -> str:
     """Hash of the code a trial's result depends on (curation, training, evaluation, sampling, this module)."""
     import pipeline.evaluate
     import pipeline.finetune
-    import pipeline.rules
+    import stages.rules
     import stages.curate
     import stages.difficulty
     import stages.sample
     import stages.verify
 
     h = hashlib.sha256()
-    for module in (pipeline.evaluate, pipeline.finetune, pipeline.rules, stages.curate, stages.difficulty,
+    for module in (pipeline.evaluate, pipeline.finetune, stages.rules, stages.curate, stages.difficulty,
                    stages.sample, stages.verify):
         h.update(Path(module.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
@@ -477,7 +477,7 @@ def nested_subset(problem_ids, n: int, seed: int) -> list[str]:
     """The first ``n`` problems of a seeded random order: nested in n for one seed, the same for every generator."""
     import numpy as np
 
-    from pipeline.rules import unit_hash
+    from stages.rules import unit_hash
 
     ids = sorted(set(map(str, problem_ids)))
     order = np.argsort(unit_hash(seed, "pool_subset", ids), kind="stable")

@@ -196,15 +196,3 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         padding_side="left",
         model_max_length=256,
     )
-
-
-_MODEL_NAMES = ("ToyModelSpec", "TOY_MODELS", "ensure_toy_model", "toy_model_dir", "cache_root")
-
-
-def __getattr__(name: str):
-    # The model half lives in pipeline.toymodel (it imports this module); re-export it lazily for one import path.
-    if name in _MODEL_NAMES:
-        from pipeline import toymodel
-
-        return getattr(toymodel, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

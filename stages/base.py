@@ -2,7 +2,11 @@
 
 A stage's ``__init__(cfg, **prepared)`` does the heavy setup once per worker (load a model, start a process
 pool); ``__call__(batch) -> batch`` maps a batch (a dict of equal-length column lists) to a new one. Stage code
-never touches Ray: the runner reads ``cfg.resources`` and applies them.
+never touches Ray and never reads ``resources``: the runner applies them, and tells a stage what it needs to know
+about its workers (their CPUs) through the ``RunContext`` handed to ``prepare``.
+
+The class variables declare everything the runner needs to run, resume, fingerprint and account for a stage, so the
+runner never needs a stage's name.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ class Frozen(BaseModel):
 
 
 class Resources(Frozen):
-    """Where a stage runs. Applied by the runner to ``map_batches``; never read by stage code."""
+    """Where a stage's workers run on Ray. Read by the runner only (it applies them to ``map_batches``); what a stage
+    computes never depends on them, so they are not part of its fingerprint."""
 
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per worker.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per worker (0 on CPU machines).")
@@ -30,9 +35,16 @@ class Resources(Frozen):
 
 
 class StageConfig(Frozen):
-    """Fields every stage has."""
+    """Base of every stage's config: what the stage computes."""
 
-    resources: Resources = Field(default_factory=Resources, description="Ray resources of this stage's workers.")
+
+class OnRay(Frozen):
+    """Mixed into the config of a stage whose workers run on Ray (a ``map`` stage): its ``resources``. Stages that
+    run on the driver (sources, sinks) and blocks nested in other blocks do not accept ``resources``."""
+
+    resources: Resources = Field(
+        default_factory=Resources, description="Ray resources of this stage's workers (see `Resources`)."
+    )
 
 
 class Stage:
@@ -40,7 +52,8 @@ class Stage:
 
     kind:
       - ``source``: produces rows (``read()``), no upstream.
-      - ``map``: ``__call__`` over batches of upstream rows (Ray ``map_batches``, resumable per batch).
+      - ``map``: ``__call__`` over batches of upstream rows (Ray ``map_batches``, resumable per batch); its config
+        mixes in ``OnRay``.
       - ``sink``: consumes the upstream rows (``write(upstream_dir, run_dir)``), adds no rows.
     """
 
@@ -49,8 +62,13 @@ class Stage:
     config_model: ClassVar[type[StageConfig]] = StageConfig
     requires: ClassVar[tuple[str, ...]] = ()
     adds: ClassVar[tuple[str, ...]] = ()
-    # The upstream columns that identify one input row; used to resume a half-done stage.
+    # The upstream columns that identify one input row; used to resume a half-done stage and to check that every
+    # input row was written or rejected.
     input_key: ClassVar[tuple[str, ...]] = ()
+    # The columns that identify one output row: no two output rows may share them (empty: not checked).
+    output_key: ClassVar[tuple[str, ...]] = ()
+    # Boolean columns whose true values the runner counts and reports (e.g. completions served from a cache).
+    tallies: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: StageConfig, **prepared: Any) -> None:
         self.cfg = cfg
@@ -69,19 +87,28 @@ class Stage:
         return 1
 
     @classmethod
-    def code_files(cls) -> tuple[str, ...]:
-        """Source files whose content is part of this stage's fingerprint (its own module by default)."""
-        import inspect
+    def fingerprint_extra(cls, cfg: StageConfig) -> str:
+        """What the output depends on beyond the config's text: the content of what the config only names (a
+        model directory, say). Runs on the driver; may build or locate what it names."""
+        return ""
 
-        return (inspect.getfile(cls),)
+    @classmethod
+    def code_sources(cls) -> tuple[Any, ...]:
+        """The code behind this stage's output, for its fingerprint: modules, files or package directories. By
+        default the stage's own module, or its whole package when the stage is a package."""
+        import sys
+
+        return (sys.modules[cls.__module__],)
 
 
 class RunContext(Frozen):
-    """What the runner tells a stage about the run (never Ray state)."""
+    """What the runner tells a stage about the run and its workers (never Ray state)."""
 
     run_dir: str
     seed: int = 0
     model_id: str | None = None
+    num_cpus: float = Field(1.0, description="CPUs each worker of the stage being prepared reserves.")
+    num_gpus: float = Field(0.0, description="GPUs each worker of the stage being prepared reserves.")
 
 
 def batch_len(batch: Batch) -> int:

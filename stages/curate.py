@@ -4,7 +4,7 @@
 sample, no completion text needed); the stage runs it once on the driver and marks every row kept or dropped with
 a reason, so rows in = kept + dropped always. The sweep calls ``plan`` directly, per trial, on an in-memory table.
 
-Rules (``pipeline.rules``) drop and order problems; the ranking is a fixed permutation for a rule and seed (ties
+Rules (``stages.rules``) drop and order problems; the ranking is a fixed permutation for a rule and seed (ties
 hash the problem id), and a budget takes a prefix of it, so the N=200 set is a subset of the N=1000 set.
 
 Two experiment knobs, seeded per problem / per row and recorded in the rows:
@@ -24,8 +24,8 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from pipeline import columns as C
-from pipeline import rules as R
-from stages.base import Batch, Stage, StageConfig
+from stages import rules as R
+from stages.base import Batch, OnRay, Stage, StageConfig
 
 TRACES = ("any", "shortest_correct", "longest_correct", "random_correct", "all_correct", "best_quality")
 LABEL_AGNOSTIC_TRACES = ("any",)
@@ -38,7 +38,7 @@ SAMPLE_TABLE_COLUMNS = (
 PLAN_COLUMNS = (C.KEPT, C.KEEP_REASON, C.DROP_REASON, C.RULE, *C.CURATE_DETAIL_COLUMNS, "rank")
 
 
-class CurateConfig(StageConfig):
+class CurateConfig(StageConfig, OnRay):
     """Which problems and traces become training rows."""
 
     rule: RuleSpec = Field(
@@ -433,6 +433,7 @@ class CurateStage(Stage):
     requires = (C.PROBLEM_ID, C.SAMPLE_IDX, C.PASS_RATE, C.N_CORRECT, C.CORRECT, C.COMPLETION, C.FINISH_REASON)
     adds = (*C.CURATE_COLUMNS, *C.CURATE_DETAIL_COLUMNS)
     input_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
+    output_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
 
     def __init__(self, cfg: CurateConfig, decisions: dict | None = None, seed: int = 0) -> None:
         self.cfg = cfg
@@ -440,8 +441,10 @@ class CurateStage(Stage):
         self.seed = cfg.seed if cfg.seed is not None else seed
 
     @classmethod
-    def code_files(cls) -> tuple[str, ...]:
-        return (__file__, R.__file__)
+    def code_sources(cls) -> tuple[Any, ...]:
+        import sys
+
+        return (sys.modules[__name__], R)  # the stage and the rule library
 
     @classmethod
     def prepare(cls, cfg: CurateConfig, upstream_dir: str, context) -> dict[str, Any]:

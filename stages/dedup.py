@@ -18,14 +18,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline import columns as C
-from stages.base import Batch, Stage, StageConfig
-from stages.source import SourceConfig
+from stages.base import Batch, OnRay, Stage, StageConfig
+from stages.source import SourceConfig, refuse_keys
 
 
-class DedupConfig(StageConfig):
+class DedupConfig(StageConfig, OnRay):
     """Which duplicates and which evaluation overlaps are quarantined."""
 
     exact: bool = Field(True, description="Quarantine exact duplicates (after case folding and whitespace collapsing).")
@@ -40,6 +40,13 @@ class DedupConfig(StageConfig):
         "seed: 1000003} for the toy world's default held-out set at run seed 0)."
     )
     ngram: int = Field(8, ge=1, description="Word n-gram length of the evaluation-overlap check (s1, open-r1: 8).")
+
+    @field_validator("evaluation")
+    @classmethod
+    def _only_problem_texts(cls, sources: tuple[SourceConfig, ...]) -> tuple[SourceConfig, ...]:
+        for source in sources:
+            refuse_keys(source, ("split",), "only the evaluation problems' texts are read here, their split is unused")
+        return sources
 
     def describe(self) -> str:
         """One line for logs."""
@@ -126,6 +133,7 @@ class DedupStage(Stage):
     requires = (C.PROBLEM_ID, C.PROBLEM)
     adds = ()
     input_key = (C.PROBLEM_ID,)
+    output_key = (C.PROBLEM_ID,)
 
     def __init__(self, cfg: DedupConfig, reasons: dict[str, str] | None = None, **_: Any) -> None:
         self.cfg = cfg

@@ -15,12 +15,12 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline import columns as C
-from stages.base import Batch, Stage, StageConfig
+from stages.base import Batch, OnRay, Stage, StageConfig
 
 TIERS = ("unsolved", "hard", "medium", "easy", "solved")
 
 
-class DifficultyConfig(StageConfig):
+class DifficultyConfig(StageConfig, OnRay):
     """How pass rates, intervals and tiers are computed."""
 
     interval: Literal["wilson", "jeffreys"] = Field("wilson", description="Binomial confidence interval.")
@@ -127,6 +127,7 @@ class DifficultyStage(Stage):
     requires = (C.PROBLEM_ID, C.CORRECT, C.MODEL_ID, C.FINISH_REASON)
     adds = C.DIFFICULTY_COLUMNS
     input_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
+    output_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
 
     def __init__(self, cfg: DifficultyConfig, stats: dict | None = None, **_: Any) -> None:
         self.cfg = cfg

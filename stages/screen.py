@@ -14,19 +14,19 @@ from typing import Any
 from pydantic import Field
 
 from pipeline import columns as C
-from stages.base import Batch, Stage, StageConfig, batch_len
-from stages.sample import SampleConfig
-from stages.verify import VerifyConfig
+from stages.base import Batch, OnRay, Stage, StageConfig, batch_len
+from stages.sample import SampleSettings
+from stages.verify import VerifySettings
 
 
-class ScreenConfig(StageConfig):
+class ScreenConfig(StageConfig, OnRay):
     """The screening model, its sampling, and the verifier."""
 
-    sample: SampleConfig = Field(
-        default_factory=lambda: SampleConfig(model="toy:weak", k=1, temperature=0.0),
+    sample: SampleSettings = Field(
+        default_factory=lambda: SampleSettings(model="toy:weak", k=1, temperature=0.0),
         description="Sampling settings of the screen model (a sample-stage block; default: toy:weak, one greedy try).",
     )
-    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Verifier of the screen's completions.")
+    verify: VerifySettings = Field(default_factory=VerifySettings, description="Verifier of the screen's completions.")
     reject_solved: bool = Field(
         False, description="Quarantine problems the screen model solved (pass rate > max_pass_rate) right here."
     )
@@ -43,13 +43,14 @@ class ScreenStage(Stage):
     requires = (C.PROBLEM_ID, C.PROBLEM, C.ANSWER)
     adds = C.SCREEN_COLUMNS
     input_key = (C.PROBLEM_ID,)
+    output_key = (C.PROBLEM_ID,)
 
-    def __init__(self, cfg: ScreenConfig, seed: int = 0, model_path: str | None = None) -> None:
+    def __init__(self, cfg: ScreenConfig, seed: int = 0, model_path: str | None = None, threads: int = 1) -> None:
         from stages.sample import SampleStage
         from stages.verify import VerifyStage
 
         self.cfg = cfg
-        self.sampler = SampleStage(cfg.sample, seed=seed, model_path=model_path)
+        self.sampler = SampleStage(cfg.sample, seed=seed, model_path=model_path, threads=threads)
         self.verifier = VerifyStage(cfg.verify)
 
     @classmethod
@@ -57,14 +58,23 @@ class ScreenStage(Stage):
         from pipeline.models import resolve_model
 
         return {"seed": cfg.sample.seed if cfg.sample.seed is not None else context.seed,
-                "model_path": resolve_model(cfg.sample.model)}
+                "model_path": resolve_model(cfg.sample.model), "threads": max(1, int(context.num_cpus))}
 
     @classmethod
-    def code_files(cls) -> tuple[str, ...]:
+    def fingerprint_extra(cls, cfg: ScreenConfig) -> str:
+        """The screen model's content, as for the sample stage."""
+        from stages.sample import SampleStage
+
+        return SampleStage.fingerprint_extra(cfg.sample)
+
+    @classmethod
+    def code_sources(cls) -> tuple[Any, ...]:
+        import sys
+
         import stages.sample
         import stages.verify
 
-        return (__file__, stages.sample.__file__, stages.verify.__file__)
+        return (sys.modules[__name__], *stages.sample.SampleStage.code_sources(), *stages.verify.VerifyStage.code_sources())
 
     def __call__(self, batch: Batch) -> Batch:
         n = batch_len(batch)

@@ -55,6 +55,15 @@ class SourceConfig(StageConfig):
         return self
 
 
+def refuse_keys(block: SourceConfig, keys: tuple[str, ...], why: str) -> SourceConfig:
+    """For source blocks nested elsewhere (held-out problems, decontamination sets): a key set there that the block's
+    user ignores is an error, not a knob that silently does nothing."""
+    given = [k for k in keys if k in block.model_fields_set]
+    if given:
+        raise ValueError(f"{', '.join(given)}: {why}; remove it")
+    return block
+
+
 def problem_id(source: str, problem: str) -> str:
     """Stable id: a hash of the source name and the problem text."""
     return hashlib.sha256(f"{source}\n{problem}".encode()).hexdigest()[:16]

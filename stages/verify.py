@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from pipeline import columns as C
-from stages.base import Batch, Stage, StageConfig
+from stages.base import Batch, OnRay, Stage, StageConfig
 
 
-class VerifyConfig(StageConfig):
-    """Which verifier judges the completions."""
+class VerifySettings(StageConfig):
+    """Which verifier judges the completions (also the shape of nested verifier blocks, e.g. ``evaluate.verify``)."""
 
     verifier: str = Field("math", description="Verifier name (math, numeric, exact, choice, reasoning_gym, ensemble).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the verifier (e.g. timeout_s).")
@@ -26,6 +26,20 @@ class VerifyConfig(StageConfig):
             raise ValueError(f"unknown verifier {name!r}; valid verifiers: {', '.join(VERIFIERS)}")
         return name
 
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, options: dict[str, Any], info) -> dict[str, Any]:
+        # Validated when the config loads, so a typo fails `lessmore validate` naming the option, not a Ray actor.
+        from verifiers import verifier_class
+
+        if "verifier" in info.data:  # else the name itself was invalid, and that error is reported
+            verifier_class(info.data["verifier"]).Options.model_validate(options)
+        return options
+
+
+class VerifyConfig(VerifySettings, OnRay):
+    """The verify stage: the verifier, and the Ray resources of its workers."""
+
 
 class VerifyStage(Stage):
     """Adds correct / extracted / verdict_reason / verifier (and member verdicts for ensembles)."""
@@ -37,20 +51,21 @@ class VerifyStage(Stage):
     adds = C.VERIFY_COLUMNS
     input_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
 
-    def __init__(self, cfg: VerifyConfig, **_: Any) -> None:
+    output_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
+
+    def __init__(self, cfg: VerifySettings, **_: Any) -> None:
         from verifiers import build_verifier
 
         self.cfg = cfg
         self.verifier = build_verifier(cfg.verifier, **cfg.options)
 
     @classmethod
-    def code_files(cls) -> tuple[str, ...]:
-        import pathlib
+    def code_sources(cls) -> tuple[Any, ...]:
+        import sys
 
         import verifiers
 
-        pkg = pathlib.Path(verifiers.__file__).parent
-        return (__file__, *sorted(str(p) for p in pkg.glob("*.py")))
+        return (sys.modules[__name__], verifiers)  # the verifier package, every file of it
 
     def __call__(self, batch: Batch) -> Batch:
         references = [a if a is not None else "" for a in batch[C.ANSWER]]

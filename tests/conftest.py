@@ -16,7 +16,7 @@ import pytest
 @pytest.fixture(scope="session")
 def toy_test_model() -> str:
     """The fast 'test' variant of the toy model (built once into the cache, then reused)."""
-    from pipeline.toyworld import ensure_toy_model
+    from pipeline.toymodel import ensure_toy_model
 
     return str(ensure_toy_model("test", progress=False))
 
@@ -44,12 +44,14 @@ def fake_sample_backend(monkeypatch, tmp_path):
     import json
 
     import stages.sample as sample_module
+    import stages.sample.hf as hf_module
 
     def install(backend_cls, name: str = "fake-model") -> str:
         model_dir = tmp_path / name
         model_dir.mkdir()
         (model_dir / "config.json").write_text(json.dumps({"model_type": "fake"}))
-        monkeypatch.setattr(sample_module, "HFBackend", backend_cls)
+        # The real backend also takes the worker's torch thread count; fakes need only (cfg, path).
+        monkeypatch.setattr(hf_module, "HFBackend", lambda cfg, path, threads=1: backend_cls(cfg, path))
         monkeypatch.setattr(sample_module, "choose_backend", lambda cfg: "hf")
         return str(model_dir)
 

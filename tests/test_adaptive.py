@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import columns as C
-from stages.adaptive import DecideConfig, agreement_probability, check_rounds, classes, decided
+from stages.sample.adaptive import DecideConfig, agreement_probability, check_rounds, classes, decided
 from stages.base import batch_len
 from stages.difficulty import TIERS
 
@@ -75,7 +75,7 @@ class _FakeBackend:
         return problem
 
     def generate(self, prompts, seeds):
-        from stages.sample import Generation
+        from stages.sample.backend import Generation
 
         _FakeBackend.calls.append(sum(len(s) for s in seeds))
         out = []

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline import columns as C
-from pipeline.rules import RULES, RuleError, quality_scores
+from stages.rules import RULES, RuleError, quality_scores
 from stages.curate import CurateConfig, CurateStage, corrupt_answer, plan, training_rows
 from stages.difficulty import DifficultyConfig, problem_stats
 

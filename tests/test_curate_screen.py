@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline import columns as C
-from stages.sample import Generation, SampleConfig
+from stages.sample import SampleConfig
+from stages.sample.backend import Generation
 from stages.screen import ScreenConfig, ScreenStage
 from stages.verify import VerifyConfig
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.gencache import GenerationCache, SamplingCache, generation_key, sampling_namespace, sampling_costs
-from stages.sample import Generation, row_seed
+from stages.sample.cache import GenerationCache, SamplingCache, generation_key, sampling_namespace, sampling_costs
+from stages.sample.backend import Generation, row_seed
 
 
 def _namespace(**overrides) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import columns as C
-from stages.sample import SampleConfig, SampleStage, choose_backend, row_seed
+from stages.sample import SampleConfig, SampleStage
+from stages.sample.backend import choose_backend, row_seed
 
 FINISH_REASONS = {"stop", "length", "error"}
 
@@ -138,7 +139,7 @@ def test_stage_cache_k4_to_k8_and_temperature(toy_test_model: str, tmp_path: Pat
 def test_runner_with_cache_resamples_only_new_indices(toy_test_model: str, tmp_path: Path, ray_local):
     from pipeline import io
     from pipeline.config import parse_config
-    from pipeline.gencache import GenerationCache, run_costs
+    from stages.sample.cache import GenerationCache, run_costs
     from pipeline.runner import run
 
     def config(k: int, run_name: str):

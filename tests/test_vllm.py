@@ -78,7 +78,7 @@ def test_failures_are_rows_not_crashes(vllm_stage: SampleStage):
 
 
 def test_cache_k2_to_k4_generates_only_new_indices(vllm_stage: SampleStage, tmp_path: Path):
-    from pipeline.gencache import open_sampling_cache
+    from stages.sample.cache import open_sampling_cache
 
     batch = toy_batch(4, seed=3)
     cfg2 = _config(vllm_stage.cfg.model, k=2, cache_dir=str(tmp_path))

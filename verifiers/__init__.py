@@ -17,23 +17,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from verifiers.base import REASONS, Reason, Verdict, Verifier, VerifierOptions, validate_options
-from verifiers.choice import ChoiceVerifier
 from verifiers.ensemble import EnsembleVerifier
-from verifiers.exact import ExactVerifier
 from verifiers.extract import Extraction, extract_answer
-from verifiers.math import MathVerifier
-from verifiers.numeric import NumericVerifier
-from verifiers.reasoning_gym import ReasoningGymVerifier
+from verifiers.registry import SINGLE_VERIFIERS
 
 #: The one registry: YAML/CLI name -> verifier class.
-VERIFIERS: dict[str, type[Verifier]] = {
-    "math": MathVerifier,
-    "numeric": NumericVerifier,
-    "exact": ExactVerifier,
-    "choice": ChoiceVerifier,
-    "reasoning_gym": ReasoningGymVerifier,
-    "ensemble": EnsembleVerifier,
-}
+VERIFIERS: dict[str, type[Verifier]] = {**SINGLE_VERIFIERS, "ensemble": EnsembleVerifier}
 
 
 def verifier_class(name: str) -> type[Verifier]:

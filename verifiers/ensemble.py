@@ -99,7 +99,7 @@ def _rejection_reason(votes: tuple[Verdict, ...]) -> Reason:
 
 
 def _build_member(spec: str | dict[str, Any]) -> Verifier:
-    from verifiers import build_verifier
+    from verifiers.registry import SINGLE_VERIFIERS
 
     if isinstance(spec, str):
         name, options = spec, {}
@@ -110,4 +110,6 @@ def _build_member(spec: str | dict[str, Any]) -> Verifier:
             raise ValueError(f"ensemble member {spec!r} needs a 'name' key naming a verifier")
     if name == "ensemble":
         raise ValueError("an ensemble member cannot itself be an ensemble; list its members instead")
-    return build_verifier(name, **options)
+    if name not in SINGLE_VERIFIERS:
+        raise ValueError(f"unknown verifier {name!r}; valid names: {', '.join([*SINGLE_VERIFIERS, 'ensemble'])}")
+    return SINGLE_VERIFIERS[name](**options)

@@ -23,6 +23,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ class GenerationCache:
     # -- reads and writes ------------------------------------------------------------------------------------
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         """The cached completions among ``keys``, as ``Generation`` objects keyed by cache key."""
-        from stages.sample import Generation
+        from stages.sample.backend import Generation
 
         conn = self._connection()
         found: dict[str, Any] = {}
@@ -206,7 +207,7 @@ class SamplingCache:
                 where.append((i, [j for j, _ in todo]))
         fresh = backend.generate(missing_prompts, missing_seeds) if missing_prompts else []
         new_items = []
-        results = [[found.get(k) for k in row] for row in keys]
+        results = [[replace(found[k], cached=True) if k in found else None for k in row] for row in keys]
         for (i, positions), gens in zip(where, fresh):
             for j, g in zip(positions, gens):
                 results[i][j] = g

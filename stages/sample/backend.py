@@ -1,0 +1,77 @@
+"""What every sampling backend shares: the ``Generation`` it returns, per-row seeds, the backend protocol, prompt
+rendering, and the choice of backend."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One completion as every backend returns it."""
+
+    text: str
+    finish_reason: str  # stop | length | error
+    num_prompt_tokens: int
+    num_completion_tokens: int
+    error: str | None = None
+    cached: bool = field(default=False, compare=False)  # served from the generation cache; the same completion
+
+
+def row_seed(seed: int, problem_id: str, sample_idx: int) -> int:
+    """The seed of one (problem, sample) pair: independent of batching, workers and backends."""
+    digest = hashlib.sha256(f"{seed}:{problem_id}:{sample_idx}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")  # < 2**56: fits int64 and every backend's seed type
+
+
+
+class Backend(Protocol):
+    """A sampling engine: the hf and vllm backends, and anything a test puts in their place."""
+
+    def prompt_text(self, problem: str) -> str:
+        """The exact prompt text the model is given for one problem."""
+
+    def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Generation]]:
+        """One Generation per seed: ``seeds[i]`` holds one seed per wanted completion of ``prompts[i]``."""
+
+
+def render_prompt(cfg: Any, tokenizer: Any, problem: str) -> str:
+    """The prompt for one problem: the template, then the chat template with the system prompt when one is used.
+    Every backend renders prompts through this function, so prompts agree across backends."""
+    user = cfg.prompt_template.format(problem=problem)
+    use_chat = cfg.chat_template if cfg.chat_template is not None else bool(getattr(tokenizer, "chat_template", None))
+    if not use_chat:
+        return user
+    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+        {"role": "user", "content": user}
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def eos_ids(tokenizer, model) -> list[int]:
+    """The token ids that end a completion: the generation config's and the tokenizer's."""
+    ids = []
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is None:
+            continue
+        ids.extend(source if isinstance(source, list) else [source])
+    if not ids:
+        raise ValueError("the tokenizer has no eos token; set one so completions can end")
+    return sorted(set(ids))
+
+def choose_backend(cfg: Any) -> str:
+    """Resolve ``auto``: vllm when a GPU and vllm are present, hf otherwise."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    import importlib.util
+
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        has_gpu = False
+    return "vllm" if has_gpu and importlib.util.find_spec("vllm") else "hf"
+

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from pipeline import io
 from pipeline.cluster import RayConfig
 from pipeline.evaluate import EvaluateConfig
 from pipeline.finetune import FinetuneConfig
@@ -58,11 +59,10 @@ def safe_join(root: str | os.PathLike, relative: str | os.PathLike, field: str =
     """``root/relative``, refusing paths that escape ``root`` (absolute paths, ``..``, symlinks out of it).
 
     ``field`` is the config key named in the error."""
-    root_path = Path(root).resolve()
-    target = (root_path / relative).resolve()
-    if target != root_path and root_path not in target.parents:
-        raise ConfigError(f"{field}: {relative!s} escapes output_root {root!s}; use a path inside output_root")
-    return target
+    try:
+        return io.inside(root, relative, field)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_output_paths(cfg: "RunConfig") -> None:

@@ -12,6 +12,16 @@ from typing import Any
 from pipeline import columns as C
 
 
+def inside(root: str | os.PathLike, relative: str | os.PathLike, field: str) -> Path:
+    """``root/relative``, refusing paths that escape ``root`` (absolute paths, ``..``, symlinks out of it) with a
+    ValueError that names the config ``field``."""
+    root_path = Path(root).resolve()
+    target = (root_path / relative).resolve()
+    if target != root_path and root_path not in target.parents:
+        raise ValueError(f"{field}: {relative!s} escapes output_root {root!s}; use a path inside output_root")
+    return target
+
+
 def to_arrow(batch: dict[str, list[Any]]):
     """A column batch as an Arrow table, with the contract's types for known columns."""
     import pyarrow as pa

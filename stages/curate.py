@@ -454,7 +454,7 @@ class CurateStage(Stage):
         if cfg.report:
             from pathlib import Path
 
-            from pipeline.curation_report import write_report
+            from stages.curation_report import write_report
 
             write_report(samples, decided, cfg, Path(context.run_dir) / "curation_report", run_dir=context.run_dir)
         return {"decisions": _by_key(samples, decided), "seed": seed}

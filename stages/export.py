@@ -62,11 +62,11 @@ class ExportStage(Stage):
         """Where the dataset goes: ``output_root/path`` when ``path`` is set (checked), else the stage directory."""
         if not self.cfg.path:
             return Path(out_dir)
-        from pipeline.config import safe_join
+        from pipeline.io import inside
 
         if self.output_root is None:
             raise ValueError("export.path needs the run's output_root; run the stage through the runner")
-        return safe_join(self.output_root, self.cfg.path, field="stages.export.path")
+        return inside(self.output_root, self.cfg.path, field="stages.export.path")
 
     def write(self, upstream_dir: str, out_dir: str, context: RunContext) -> dict[str, Any]:
         import datasets

@@ -225,7 +225,7 @@ def test_plan_is_fast_on_a_sweep_sized_table():
 def test_report_writes_plots_and_counts(samples, tmp_path):
     import json
 
-    from pipeline.curation_report import write_report
+    from stages.curation_report import write_report
 
     cfg = CurateConfig(rule="keep_hard_correct", n=10)
     d = plan(samples, cfg, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from pipeline import columns as C
 from stages.base import Batch, Stage, StageConfig
@@ -25,6 +25,18 @@ class VerifyConfig(StageConfig):
         if name not in VERIFIERS:
             raise ValueError(f"unknown verifier {name!r}; valid verifiers: {', '.join(VERIFIERS)}")
         return name
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Checked here, not when the stage starts, so that `lessmore validate` catches a bad or unsafe option.
+        from verifiers import VERIFIERS
+        from verifiers.base import validate_options
+
+        name = info.data.get("verifier")
+        if name in VERIFIERS:
+            validate_options(name, VERIFIERS[name].Options, options)
+        return options
 
 
 class VerifyStage(Stage):

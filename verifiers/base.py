@@ -104,6 +104,9 @@ class Verifier:
     #: Whether ``workers=0`` is allowed. Verifiers whose checks can run for unbounded time (symbolic algebra, task
     #: scorers) set this to False so that every item has a hard deadline.
     inline_allowed: ClassVar[bool] = True
+    #: Whether checks run third-party code on model output (a task's own scorer). Such verifiers' workers drop what
+    #: they can (see ``verifiers.pool.sandbox``): root, the filesystem, new processes, file writes, core dumps.
+    sandboxed: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = validate_options(self.name, self.Options, options)
@@ -232,6 +235,7 @@ class Verifier:
                     size=self.options.workers,
                     timeout_s=self.options.timeout_s,
                     memory_mb=self.options.memory_mb,
+                    sandbox=self.sandboxed,
                 )
             return self._pool
 
@@ -272,7 +276,8 @@ def validate_options(name: str, options_model: type[BaseModel], options: dict[st
         return options_model(**options)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']} (got {e.get('input')!r})"
+            f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg'].removeprefix('Value error, ')} "
+            f"(got {e.get('input')!r})"
             for e in err.errors()
         )
         raise ValueError(

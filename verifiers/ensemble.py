@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from verifiers.base import Reason, Verdict, Verifier, coerce_batch_args, validate_options
 
@@ -33,6 +33,17 @@ class EnsembleOptions(BaseModel):
     accept_truncated: bool = Field(
         False, description="Verify truncated completions; by default they get reason 'no_answer' without voting."
     )
+
+    @field_validator("members")
+    @classmethod
+    def _valid_members(cls, members: tuple[str | dict[str, Any], ...]) -> tuple[str | dict[str, Any], ...]:
+        # Each member's options are checked with the ensemble's, without building anything.
+        from verifiers import verifier_class
+
+        for spec in members:
+            name, options = _member_spec(spec)
+            validate_options(name, verifier_class(name).Options, options)
+        return members
 
 
 class EnsembleVerifier(Verifier):
@@ -98,9 +109,8 @@ def _rejection_reason(votes: tuple[Verdict, ...]) -> Reason:
     return "mismatch" if "mismatch" in rejecting else rejecting[0] if rejecting else "mismatch"  # type: ignore[return-value]
 
 
-def _build_member(spec: str | dict[str, Any]) -> Verifier:
-    from verifiers import build_verifier
-
+def _member_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A member's verifier name and options; ValueError when it names none, or an ensemble."""
     if isinstance(spec, str):
         name, options = spec, {}
     else:
@@ -110,4 +120,11 @@ def _build_member(spec: str | dict[str, Any]) -> Verifier:
             raise ValueError(f"ensemble member {spec!r} needs a 'name' key naming a verifier")
     if name == "ensemble":
         raise ValueError("an ensemble member cannot itself be an ensemble; list its members instead")
+    return name, options
+
+
+def _build_member(spec: str | dict[str, Any]) -> Verifier:
+    from verifiers import build_verifier
+
+    name, options = _member_spec(spec)
     return build_verifier(name, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from pipeline import columns as C
 from stages.base import Batch, OnRay, Stage, StageConfig
@@ -28,12 +28,15 @@ class VerifySettings(StageConfig):
 
     @field_validator("options")
     @classmethod
-    def _valid_options(cls, options: dict[str, Any], info) -> dict[str, Any]:
-        # Validated when the config loads, so a typo fails `lessmore validate` naming the option, not a Ray actor.
-        from verifiers import verifier_class
+    def _valid_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Checked when the config loads, so `lessmore validate` names a bad, unknown or unsafe option
+        # (stages.verify.options.<key>) instead of a Ray actor failing later.
+        from verifiers import VERIFIERS
+        from verifiers.base import check_options
 
-        if "verifier" in info.data:  # else the name itself was invalid, and that error is reported
-            verifier_class(info.data["verifier"]).Options.model_validate(options)
+        name = info.data.get("verifier")
+        if name in VERIFIERS:  # else the name itself was invalid, and that error is reported
+            check_options(name, VERIFIERS[name].Options, options)
         return options
 
 

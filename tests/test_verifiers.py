@@ -323,23 +323,26 @@ def test_reasoning_gym_verifier_uses_the_task_scorer():
     entries = list(reasoning_gym.create_dataset("basic_arithmetic", seed=3, size=3))
     references = [reference_for("basic_arithmetic", e) for e in entries]
     responses = [f"<answer>{e['answer']}</answer>" for e in entries[:2]] + ["<answer>123456789</answer>"]
-    with build_verifier("reasoning_gym", timeout_s=10) as verifier:
+    with build_verifier("reasoning_gym", task="basic_arithmetic", timeout_s=10) as verifier:
         verdicts = verifier.batch(responses, references)
         assert [v.correct for v in verdicts] == [True, True, False]
         assert [v.reason for v in verdicts] == ["ok", "ok", "mismatch"]
-        # the entry alone: the task comes from its metadata; the answer from the usual extraction
+        # the entry alone (its metadata names the same task); the answer from the usual extraction
         assert verifier(rf"\boxed{{{entries[0]['answer']}}}", json.dumps(entries[0])).correct
         assert verifier("no answer here at all, just talking for a while", references[0]).reason == "no_answer"
-        assert verifier.check("<answer>1</answer>", "1").reason == "error"  # names no task
-    # a plain answer, with the task given as an option (checked in-process: check() is pure)
+    # a plain answer, scored by the configured task (checked in-process: check() is pure)
     with_task = build_verifier("reasoning_gym", task="basic_arithmetic")
     assert with_task.check(f"<answer>{entries[1]['answer']}</answer>", entries[1]["answer"]).correct
     assert not with_task.check("<answer>0.5</answer>", entries[1]["answer"]).correct
+    # several tasks: a plain answer names none of them, so it cannot be scored
+    assert build_verifier("reasoning_gym", tasks=["basic_arithmetic", "gcd"]).check("<answer>1</answer>", "1").reason == "error"
 
 
 def test_reasoning_gym_unknown_task_lists_valid_tasks():
-    with pytest.raises(ValueError, match="unknown reasoning-gym task 'no_such_task'.*basic_arithmetic"):
+    with pytest.raises(ValueError, match="'no_such_task' is not an allowed reasoning-gym task.*basic_arithmetic"):
         build_verifier("reasoning_gym", task="no_such_task")
+    with pytest.raises(ValueError, match="set either task .* or tasks"):
+        build_verifier("reasoning_gym")
 
 
 # -- ensemble -----------------------------------------------------------------------------------------------

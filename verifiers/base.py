@@ -104,6 +104,9 @@ class Verifier:
     #: Whether ``workers=0`` is allowed. Verifiers whose checks can run for unbounded time (symbolic algebra, task
     #: scorers) set this to False so that every item has a hard deadline.
     inline_allowed: ClassVar[bool] = True
+    #: Whether checks run third-party code on model output (a task's own scorer). Such verifiers' workers drop what
+    #: they can (see ``verifiers.pool.sandbox``): root, the filesystem, new processes, file writes, core dumps.
+    sandboxed: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = validate_options(self.name, self.Options, options)
@@ -232,6 +235,7 @@ class Verifier:
                     size=self.options.workers,
                     timeout_s=self.options.timeout_s,
                     memory_mb=self.options.memory_mb,
+                    sandbox=self.sandboxed,
                 )
             return self._pool
 
@@ -260,6 +264,27 @@ def coerce_batch_args(
     return responses, references, flags
 
 
+def check_options(name: str, options_model: type[BaseModel], options: dict[str, Any]) -> None:
+    """Validate ``options`` when a config loads: raises a pydantic ValidationError with each error at its option's key,
+    so the config error names the exact field (``stages.verify.options.timeout``) and lists the valid options."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    try:
+        options_model.model_validate(options)
+    except ValidationError as err:
+        valid = ", ".join(sorted(options_model.model_fields))
+        details = []
+        for e in err.errors():
+            if e["type"] == "extra_forbidden":
+                msg = f"unknown option of verifier '{name}'; valid options: {valid}"
+            else:
+                msg = e["msg"].removeprefix("Value error, ")
+            # The text goes in as context, so braces in it are never read as a template.
+            details.append(InitErrorDetails(type=PydanticCustomError("verifier_option", "{msg}", {"msg": msg}),
+                                            loc=e["loc"], input=e.get("input")))
+        raise ValidationError.from_exception_data(options_model.__name__, details) from None
+
+
 def validate_options(name: str, options_model: type[BaseModel], options: dict[str, Any]) -> Any:
     """Validate ``options`` against a verifier's options model; errors name the bad option and the valid ones."""
     valid = sorted(options_model.model_fields)
@@ -272,7 +297,8 @@ def validate_options(name: str, options_model: type[BaseModel], options: dict[st
         return options_model(**options)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']} (got {e.get('input')!r})"
+            f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg'].removeprefix('Value error, ')} "
+            f"(got {e.get('input')!r})"
             for e in err.errors()
         )
         raise ValueError(

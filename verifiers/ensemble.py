@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from verifiers.base import Reason, Verdict, Verifier, coerce_batch_args, validate_options
 
@@ -33,6 +33,17 @@ class EnsembleOptions(BaseModel):
     accept_truncated: bool = Field(
         False, description="Verify truncated completions; by default they get reason 'no_answer' without voting."
     )
+
+    @field_validator("members")
+    @classmethod
+    def _valid_members(cls, members: tuple[str | dict[str, Any], ...]) -> tuple[str | dict[str, Any], ...]:
+        # Each member's options are checked with the ensemble's, without building anything.
+        from verifiers.registry import SINGLE_VERIFIERS
+
+        for spec in members:
+            name, options = _member_spec(spec)
+            validate_options(name, SINGLE_VERIFIERS[name].Options, options)
+        return members
 
 
 class EnsembleVerifier(Verifier):
@@ -98,7 +109,8 @@ def _rejection_reason(votes: tuple[Verdict, ...]) -> Reason:
     return "mismatch" if "mismatch" in rejecting else rejecting[0] if rejecting else "mismatch"  # type: ignore[return-value]
 
 
-def _build_member(spec: str | dict[str, Any]) -> Verifier:
+def _member_spec(spec: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A member's verifier name and options; ValueError when it names none, an ensemble, or an unknown verifier."""
     from verifiers.registry import SINGLE_VERIFIERS
 
     if isinstance(spec, str):
@@ -112,4 +124,11 @@ def _build_member(spec: str | dict[str, Any]) -> Verifier:
         raise ValueError("an ensemble member cannot itself be an ensemble; list its members instead")
     if name not in SINGLE_VERIFIERS:
         raise ValueError(f"unknown verifier {name!r}; valid names: {', '.join([*SINGLE_VERIFIERS, 'ensemble'])}")
+    return name, options
+
+
+def _build_member(spec: str | dict[str, Any]) -> Verifier:
+    from verifiers.registry import SINGLE_VERIFIERS
+
+    name, options = _member_spec(spec)
     return SINGLE_VERIFIERS[name](**options)

@@ -6,6 +6,13 @@ process; a worker still busy at the item's deadline is killed with SIGKILL and r
 ``timeout``. Workers run with an address-space cap (RLIMIT_AS), so an item that would eat the machine fails with
 ``error`` instead.
 
+Verifiers that run third-party code on model output (``sandboxed``, e.g. reasoning-gym scorers) get workers with less
+power, as far as the platform allows (``sandbox``): no core dumps (RLIMIT_CORE 0), no file writes (RLIMIT_FSIZE 0),
+no new privileges through exec (PR_SET_NO_NEW_PRIVS, Linux), and, when the pool runs as root, a chroot into an empty
+directory and a switch to the ``nobody`` user, after which no new processes can start (RLIMIT_NPROC 0, which root
+would ignore). Not done: seccomp system-call filters, network or namespace isolation; a worker can still use the
+file descriptors and sockets it inherited.
+
 Layout: the pool starts one single-threaded *template* process (``python -m verifiers.pool``) that imports the
 verifier's heavy modules and warms them once, then forks workers on request and hands each worker's socket back
 over a Unix socket (SCM_RIGHTS). A killed worker is replaced in milliseconds by a fork of the warm template,
@@ -90,10 +97,11 @@ class WorkerPool:
         size: Number of worker processes.
         timeout_s: Deadline per item, counted from the moment the item is handed to a warm worker.
         memory_mb: Address-space cap of each worker.
+        sandbox: Apply ``sandbox`` in each worker before it takes items (for verifiers that run third-party code).
     """
 
-    def __init__(self, verifier: Any, size: int, timeout_s: float, memory_mb: int) -> None:
-        self._payload = pickle.dumps((verifier, memory_mb))
+    def __init__(self, verifier: Any, size: int, timeout_s: float, memory_mb: int, sandbox: bool = False) -> None:
+        self._payload = pickle.dumps((verifier, memory_mb, sandbox))
         self.size = size
         self.timeout_s = timeout_s
         self._owner_pid = os.getpid()
@@ -341,36 +349,128 @@ def _package_root() -> str:
 # -- the template process and its workers -------------------------------------------------------------------
 def _template_main(fd: int) -> None:
     channel = socket.socket(fileno=fd)
-    verifier, memory_mb = pickle.loads(sys.stdin.buffer.read())
+    verifier, memory_mb, sandboxed = pickle.loads(sys.stdin.buffer.read())
     verifier._ensure_prepared()
+    jail = _Jail.create() if sandboxed else None
     channel.send(_READY)
     children: set[int] = set()
-    while True:
-        try:
-            request = channel.recv(16)
-        except OSError:
-            request = b""
-        if not request:
-            break
-        if request[:1] == _FORK:
-            ours, theirs = socket.socketpair()
-            pid = os.fork()
-            if pid == 0:
-                channel.close()
+    try:
+        while True:
+            try:
+                request = channel.recv(16)
+            except OSError:
+                request = b""
+            if not request:
+                break
+            if request[:1] == _FORK:
+                ours, theirs = socket.socketpair()
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        channel.close()
+                        ours.close()
+                        _worker_main(verifier, Connection(theirs.detach()), memory_mb, jail)
+                    finally:
+                        os._exit(1)  # never back into the template's loop (a scorer may raise SystemExit)
+                theirs.close()
+                children.add(pid)
+                socket.send_fds(channel, [struct.pack("q", pid)], [ours.fileno()])
                 ours.close()
-                _worker_main(verifier, Connection(theirs.detach()), memory_mb)
-            theirs.close()
-            children.add(pid)
-            socket.send_fds(channel, [struct.pack("q", pid)], [ours.fileno()])
-            ours.close()
-        elif request[:1] == _KILL:
-            (pid,) = struct.unpack("q", request[1:9])
-            if pid in children:
-                children.discard(pid)
-                _kill_and_reap(pid)
-            channel.send(b"k")
-    for pid in children:
-        _kill_and_reap(pid)
+            elif request[:1] == _KILL:
+                (pid,) = struct.unpack("q", request[1:9])
+                if pid in children:
+                    children.discard(pid)
+                    _kill_and_reap(pid)
+                channel.send(b"k")
+    finally:
+        for pid in children:
+            _kill_and_reap(pid)
+        if jail is not None:
+            jail.remove()
+
+
+@dataclass
+class _Jail:
+    """What a sandboxed worker needs, prepared in the template while it can still read files: an empty directory
+    to chroot into and the uid/gid to switch to (only when running as root)."""
+
+    root: str | None = None
+    uid: int = 65534
+    gid: int = 65534
+
+    @classmethod
+    def create(cls) -> _Jail:
+        import ctypes  # noqa: F401  (loaded now: a jailed worker can no longer import it)
+
+        if os.geteuid() != 0:
+            return cls()
+        import pwd
+        import tempfile
+
+        try:
+            user = pwd.getpwnam("nobody")
+            uid, gid = user.pw_uid, user.pw_gid
+        except KeyError:
+            uid, gid = 65534, 65534
+        try:
+            root = tempfile.mkdtemp(prefix="lessmore-verifier-jail-")  # mode 0700, owned by root: nobody sees nothing
+        except OSError:
+            root = None
+        return cls(root, uid, gid)
+
+    def remove(self) -> None:
+        """Delete the empty directory (a jailed worker cannot have written into it)."""
+        if self.root is not None:
+            try:
+                os.rmdir(self.root)
+            except OSError:
+                pass
+
+
+def sandbox(jail: _Jail) -> list[str]:
+    """Take away what a worker that runs third-party code does not need; return the measures that took effect.
+
+    Each step is best effort (a container may forbid chroot or setuid); the caller's tests check which apply here.
+    """
+    applied = []
+    for limit, name in ((resource.RLIMIT_CORE, "no_core"), (resource.RLIMIT_FSIZE, "no_file_writes")):
+        try:
+            resource.setrlimit(limit, (0, 0))
+            applied.append(name)
+        except (ValueError, OSError):
+            pass
+    # A write past RLIMIT_FSIZE then fails with an OSError in the scorer instead of killing the worker (SIGXFSZ).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            if ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) == 0:  # PR_SET_NO_NEW_PRIVS
+                applied.append("no_new_privs")
+        except (OSError, AttributeError):
+            pass
+    if os.geteuid() == 0 and jail.root is not None:
+        try:
+            os.chroot(jail.root)
+            os.chdir("/")
+            applied.append("chroot")
+        except OSError:
+            pass
+    if os.geteuid() == 0:
+        try:
+            os.setgroups([])
+            os.setgid(jail.gid)
+            os.setuid(jail.uid)
+            applied.append("unprivileged_user")
+        except OSError:
+            pass
+    if os.geteuid() != 0:  # root ignores RLIMIT_NPROC
+        try:
+            resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+            applied.append("no_new_processes")
+        except (ValueError, OSError):
+            pass
+    return applied
 
 
 def _kill_and_reap(pid: int) -> None:
@@ -384,12 +484,14 @@ def _kill_and_reap(pid: int) -> None:
         pass
 
 
-def _worker_main(verifier: Any, conn: Connection, memory_mb: int) -> None:
+def _worker_main(verifier: Any, conn: Connection, memory_mb: int, jail: _Jail | None) -> None:
     try:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ValueError, OSError):
         pass  # a lower hard limit is already in place
+    if jail is not None:
+        sandbox(jail)
     while True:
         try:
             index, response, reference = conn.recv()

@@ -2,6 +2,7 @@
 
     lessmore run configs/tiny.yaml [--set stages.sample.k=8]
     lessmore validate configs/tiny.yaml
+    lessmore config-reference [--write]
     lessmore audit-verifier tests/data/verifier_labelled.jsonl --verifier math
     lessmore theory phase --out phase/
 """
@@ -16,6 +17,8 @@ import sys
 
 # Modules that add their own sub-commands through add_cli(subparsers).
 COMMAND_MODULES = ("verifiers.audit", "pipeline.theory_cli", "pipeline.sweep_cli")
+# Where `lessmore config-reference --write` puts the reference, relative to the repository root.
+REFERENCE_PATH = "docs/config.md"
 
 
 def _sweep_hint(path: str) -> str:
@@ -69,10 +72,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _cmd_reference(args: argparse.Namespace) -> int:
-    from pipeline.config import reference_markdown
+def config_reference() -> str:
+    """The config reference (``docs/config.md``): the run config's keys and the sweep config's."""
+    from pipeline.reference import reference_markdown
+    from pipeline.sweep import SweepConfig  # the one place the reference names the sweep's config module
 
-    print(reference_markdown())
+    return reference_markdown(sweep=SweepConfig)
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    text = config_reference()
+    out = args.out or (REFERENCE_PATH if args.write else None)
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    from pathlib import Path
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
     return 0
 
 
@@ -92,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--overwrite", action="store_true",
                            help="let export replace an existing stages.export.path directory")
-    sub.add_parser("config-reference", help="print the config reference (every key, type, default)").set_defaults(
-        func=_cmd_reference)
+    p = sub.add_parser("config-reference", help="print the config reference (every key, type, default)")
+    p.add_argument("--write", action="store_true", help=f"write it to {REFERENCE_PATH} (run from the repository root)")
+    p.add_argument("--out", metavar="PATH", help="write it to PATH")
+    p.set_defaults(func=_cmd_reference)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_cli(sub)
     return parser

@@ -43,7 +43,7 @@ class CurateConfig(StageConfig, OnRay):
 
     rule: RuleSpec = Field(
         "all",
-        description="A rule name, {name: {params}}, or a list of them applied in order (see pipeline/rules.py): "
+        description="A rule name, {name: {params}}, or a list of them applied in order (see stages/rules.py): "
         "all, random, correct_only, keep_hard, keep_easy, keep_hard_correct, keep_easy_correct, "
         "pass_rate_band {lo, hi}, screen_unsolved, quality, diversity, limo, s1.",
     )

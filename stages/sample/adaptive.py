@@ -30,7 +30,7 @@ from stages.base import Batch, Frozen, batch_len
 
 
 class DecideConfig(Frozen):
-    """When an adaptively sampled problem has enough samples (see stages/adaptive.py)."""
+    """When an adaptively sampled problem has enough samples (see stages/sample/adaptive.py)."""
 
     by: Literal["tiers", "band"] = Field(
         "tiers", description="tiers: decide the difficulty tier (unsolved/hard/medium/easy/solved); band: decide "

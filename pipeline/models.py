@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -56,7 +55,9 @@ def model_id_of(ref: str) -> str:
 
 def fingerprint(*parts: object) -> str:
     """A short stable hash of JSON-able parts."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from pipeline.io import digest
+
+    return digest(*parts, length=16)
 
 
 # -- real models shipped inside PyPI packages (offline), converted once to a HF directory --------------------------

@@ -140,3 +140,12 @@ def test_sampling_costs_from_sample_columns(tmp_path: Path):
     assert costs["completion_tokens_per_second"] == pytest.approx(6.0)
     assert costs["per_kept_row"]["total_tokens"] == pytest.approx(22.0)
     assert sampling_costs(tmp_path, seconds=2.0)["gpu_seconds"] == 0.0
+
+
+def test_cache_keys_are_the_ones_earlier_versions_wrote():
+    """Completions cached by earlier versions stay reachable: the key of a fixed setup is pinned."""
+    namespace = sampling_namespace(backend="hf", model_fingerprint="abc", temperature=0.8, top_p=1.0, max_tokens=96,
+                                   stop=(), dtype="float32", extra={"gguf_file": None})
+    assert namespace == "3327a373d46535b066d167e39b533d2299c28c827430ac296a358c156b2c1660"
+    assert generation_key(namespace, "Compute 1+2.", 42, 3) == (
+        "84196adab7591c770007316a0503f174c2e353761ded3a2c948cd4bad9c213d2")

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from stages.base import Batch, Frozen, batch_len
 
@@ -57,6 +57,18 @@ class DecideConfig(Frozen):
     )
     verifier: str = Field("math", description="Verifier that judges samples between rounds (as in the verify stage).")
     verifier_options: dict[str, Any] = Field(default_factory=dict, description="Options of that verifier.")
+
+    @field_validator("verifier_options")
+    @classmethod
+    def _valid_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Checked when the config loads, like the verify stage's options.
+        from verifiers import VERIFIERS
+        from verifiers.base import check_options
+
+        name = info.data.get("verifier")
+        if name in VERIFIERS:
+            check_options(name, VERIFIERS[name].Options, options)
+        return options
 
     @model_validator(mode="after")
     def _check(self) -> "DecideConfig":
@@ -152,13 +164,13 @@ def sample_in_rounds(stage, batch: Batch) -> Batch:
     Returns the same columns a fixed-k call returns; a problem contributes rows 0..n-1 for the n it needed.
     """
     from pipeline import columns as C
-    from stages.verify import VerifyConfig, VerifyStage
+    from stages.verify import VerifySettings, VerifyStage
 
     cfg = stage.cfg
     decide = cfg.decide or DecideConfig()
     verify = getattr(stage, "_round_verify", None)
     if verify is None:  # built once per worker, on first use
-        verify = VerifyStage(VerifyConfig(verifier=decide.verifier, options=decide.verifier_options))
+        verify = VerifyStage(VerifySettings(verifier=decide.verifier, options=decide.verifier_options))
         stage._round_verify = verify
     n_problems = batch_len(batch)
     attempts = np.zeros(n_problems, dtype=int)

@@ -53,9 +53,11 @@ def sampling_namespace(
     extra: Any = None,
 ) -> str:
     """The part of a cache key shared by every completion of one sampling setup (everything but prompt and seed)."""
-    payload = [KEY_VERSION, backend, model_fingerprint, float(temperature), float(top_p), int(max_tokens),
-               list(stop), dtype, extra]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    from pipeline.io import digest
+
+    # The same bytes as ever (a JSON list of these parts, full sha256), so completions cached before stay found.
+    return digest(KEY_VERSION, backend, model_fingerprint, float(temperature), float(top_p), int(max_tokens),
+                  list(stop), dtype, extra, length=64)
 
 
 def generation_key(namespace: str, prompt: str, seed: int, sample_idx: int) -> str:

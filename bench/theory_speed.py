@@ -1,4 +1,4 @@
-"""Speed of the curation-theory phase diagrams (pipeline/theory.py).
+"""Speed of the curation-theory phase diagrams (pipeline/theory/model.py).
 
 Target: a 40 x 40 (n/d, rho) grid with 20 keep fractions, for every rule, in <= 20 s on 2 cores.
 Times the full computation behind `lessmore theory phase` (keep-hard, keep-easy and random, label-agnostic and

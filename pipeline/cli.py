@@ -5,18 +5,26 @@
     lessmore config-reference [--write]
     lessmore audit-verifier tests/data/verifier_labelled.jsonl --verifier math
     lessmore theory phase --out phase/
+    lessmore sweep configs/phase_tiny.yaml
+
+Every sub-command is named in ``build_parser``; the command modules (``verifiers.audit``,
+``pipeline.theory.commands``, ``pipeline.sweep.commands``) add its arguments and run it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 
-# Modules that add their own sub-commands through add_cli(subparsers).
-COMMAND_MODULES = ("verifiers.audit", "pipeline.theory_cli", "pipeline.sweep_cli")
+# Light modules: their heavy imports (numpy, scipy, matplotlib, Ray, torch) happen when a command runs.
+from pipeline.sweep import commands as sweep_commands
+from pipeline.theory import commands as theory_commands
+from verifiers import audit
+
+# Set once, in main, for every command (no command module sets any): Ray without token auth or usage statistics.
+ENVIRONMENT_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 # Where `lessmore config-reference --write` puts the reference, relative to the repository root.
 REFERENCE_PATH = "docs/config.md"
 
@@ -75,7 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def config_reference() -> str:
     """The config reference (``docs/config.md``): the run config's keys and the sweep config's."""
     from pipeline.reference import reference_markdown
-    from pipeline.sweep import SweepConfig  # the one place the reference names the sweep's config module
+    from pipeline.sweep.config import SweepConfig  # the one place the reference names the sweep's config module
 
     return reference_markdown(sweep=SweepConfig)
 
@@ -95,6 +103,8 @@ def _cmd_reference(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lessmore`` parser, every sub-command named here; ``args.func(args)`` runs the chosen one and returns its
+    exit code."""
     parser = argparse.ArgumentParser(prog="lessmore", description="Curate LLM reasoning data, and measure when less is more.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,15 +124,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help=f"write it to {REFERENCE_PATH} (run from the repository root)")
     p.add_argument("--out", metavar="PATH", help="write it to PATH")
     p.set_defaults(func=_cmd_reference)
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_cli(sub)
+
+    p = sub.add_parser(
+        "audit-verifier",
+        help="measure a verifier on a labelled JSONL set (accuracy, FP/FN, latency) against raw math-verify",
+        description=audit.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_arguments(p)
+    p.set_defaults(func=audit.run_cli)
+
+    theory = sub.add_parser(
+        "theory",
+        help="predictions of the curation theory (phase diagrams, advice, collapse loop)",
+        description="Teacher-student theory of data curation: when does keeping less (hard or easy) data win?",
+    )
+    theory_sub = theory.add_subparsers(dest="theory_command", metavar="{phase,advise,collapse}", required=True)
+    p = theory_sub.add_parser(
+        "phase",
+        help="phase diagrams over (n/d, generator quality): best keep fraction, its gain, winning rule",
+        description="Writes phase.csv and PNG heatmaps of the best keep fraction p, E(best p)/E(p=1) per rule, "
+        "the keep-hard vs keep-easy winner map, and the infinite-data limit F(q) of Theorem 2.",
+    )
+    theory_commands.add_phase_arguments(p)
+    p.set_defaults(func=theory_commands.run_phase)
+    p = theory_sub.add_parser(
+        "advise",
+        help="recommended rule and keep fraction for a pool, from measured accuracies",
+        description="Maps accuracies to cosines by rho = cos(pi * (1 - accuracy)) and picks the rule and keep "
+        "fraction with the lowest predicted error.",
+    )
+    theory_commands.add_advise_arguments(p)
+    p.set_defaults(func=theory_commands.run_advise)
+    p = theory_sub.add_parser(
+        "collapse",
+        help="self-training loop: error per round for all data, label-agnostic and label-aware rules",
+        description="Each round relabels a fresh pool with the previous round's model, curates it with the fixed "
+        "oracle and retrains. Writes collapse.png and collapse.csv.",
+    )
+    theory_commands.add_collapse_arguments(p)
+    p.set_defaults(func=theory_commands.run_collapse)
+
+    p = sub.add_parser(
+        "sweep",
+        help="measure the size x quality phase transition: shared pool, Ray Tune grid, report with the theory",
+        description="Builds one pool per generator, runs the grid of curate -> finetune -> evaluate trials under "
+        "Ray Tune (a rerun resumes; finished trials are not computed again) and writes run_dir/report/.",
+    )
+    sweep_commands.add_arguments(p)
+    p.set_defaults(func=sweep_commands.run_sweep_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lessmore ARGS``: parse, set the environment defaults, run the command; returns its exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    for name, value in ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     return int(args.func(args) or 0)
 
 

@@ -81,11 +81,11 @@ def write_report(samples, decisions, cfg, out_dir: str | Path, run_dir: str | Pa
 
 
 def _plots(summary: dict[str, Any], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from pipeline.plots import pyplot
+
+    plt = pyplot()
 
     bins = np.linspace(-0.025, 1.025, 22)
     fig, ax = plt.subplots(figsize=(6, 3.6))

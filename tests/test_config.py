@@ -19,7 +19,7 @@ def tiny() -> dict:
 
 
 def test_every_shipped_config_is_valid():
-    from pipeline.sweep import load_sweep_config
+    from pipeline.sweep.config import load_sweep_config
 
     paths = sorted((ROOT / "configs").glob("*.yaml"))
     assert len(paths) >= 5

@@ -11,8 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import report as R
-from pipeline.sweep import RESULT_FILE, SCORES_FILE, TRIALS_DIR, parse_sweep_config, trial_id
+from pipeline.sweep.calibrate import binary_accuracy, level_concordance
+from pipeline.sweep.config import parse_sweep_config, trial_id
+from pipeline.sweep.layout import RESULT_FILE, SCORES_FILE, TRIALS_DIR
+from pipeline.sweep.measure import OVERALL, Cell, Measurements, bootstrap_mean
+from pipeline.sweep.report import write_report
+from pipeline.sweep.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED
 
 LEVELS = (1, 2, 3, 4, 5, 6)
 PER_LEVEL = 100
@@ -132,7 +136,7 @@ def _fake_sweep(tmp_path: Path, world, loop_curves=None, same_draws: bool = Fals
 
 def _verdicts(tmp_path, world, figures=False, **kw):
     cfg, table, manifest, reference = _fake_sweep(tmp_path, world, **kw)
-    path = R.write_report(cfg.resolved_run_dir, cfg, table, manifest, reference, figures=figures)
+    path = write_report(cfg.resolved_run_dir, cfg, table, manifest, reference, figures=figures)
     return path, {v["id"]: v for v in json.loads((path.parent / "verdicts.json").read_text())}
 
 
@@ -140,36 +144,36 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_data():
     rng = np.random.default_rng(0)
     small = (rng.random((3, 100)) < 0.4).astype(float)
     large = (rng.random((3, 3000)) < 0.4).astype(float)
-    m_s, lo_s, hi_s = R.bootstrap_mean(small, 500, 0.95, np.random.default_rng(1))
-    m_l, lo_l, hi_l = R.bootstrap_mean(large, 500, 0.95, np.random.default_rng(1))
+    m_s, lo_s, hi_s = bootstrap_mean(small, 500, 0.95, np.random.default_rng(1))
+    m_l, lo_l, hi_l = bootstrap_mean(large, 500, 0.95, np.random.default_rng(1))
     assert lo_s < m_s < hi_s and lo_l < m_l < hi_l
     assert (hi_l - lo_l) < 0.5 * (hi_s - lo_s)
     assert lo_l < 0.4 < hi_l
     # Seed-to-seed spread widens the interval: the same problems, one seed far off.
     spread = large.copy()
     spread[0] = (rng.random(3000) < 0.1).astype(float)
-    _, lo_w, hi_w = R.bootstrap_mean(spread, 500, 0.95, np.random.default_rng(1))
+    _, lo_w, hi_w = bootstrap_mean(spread, 500, 0.95, np.random.default_rng(1))
     assert (hi_w - lo_w) > 2 * (hi_l - lo_l)
 
 
 def test_level_concordance_measures_how_well_a_score_orders_levels():
     levels = np.repeat([1, 2, 3], 50)
-    assert R.level_concordance(-levels, levels) == 1.0  # pass rate falls with the level: a perfect oracle
-    assert R.level_concordance(levels, levels) == 0.0
-    assert R.level_concordance(np.ones(150), levels) == 0.5  # all ties
-    noisy = R.level_concordance(-levels + np.random.default_rng(0).normal(0, 1.5, 150), levels)
+    assert level_concordance(-levels, levels) == 1.0  # pass rate falls with the level: a perfect oracle
+    assert level_concordance(levels, levels) == 0.0
+    assert level_concordance(np.ones(150), levels) == 0.5  # all ties
+    noisy = level_concordance(-levels + np.random.default_rng(0).normal(0, 1.5, 150), levels)
     assert 0.6 < noisy < 0.95
 
 
 def test_binary_accuracy_maps_open_ended_accuracy_onto_the_theorys_label():
-    assert R.binary_accuracy(0.0) == 0.5 and R.binary_accuracy(1.0) == 1.0 and R.binary_accuracy(0.4) == 0.7
+    assert binary_accuracy(0.0) == 0.5 and binary_accuracy(1.0) == 1.0 and binary_accuracy(0.4) == 0.7
 
 
 def test_a_theory_like_world_confirms_every_prediction(tmp_path):
     path, verdicts = _verdicts(tmp_path, _theory_world, figures=True,
                                loop_curves={"all": [0.5, 0.42, 0.33], "keep_hard_correct": [0.5, 0.5, 0.52]})
-    assert {k: v["verdict"] for k, v in verdicts.items()} == {k: R.CONFIRMED for k in ("(i)", "(ii)", "(iii)",
-                                                                                          "(iv)", "(v)")}
+    assert {k: v["verdict"] for k, v in verdicts.items()} == {k: CONFIRMED for k in ("(i)", "(ii)", "(iii)",
+                                                                                        "(iv)", "(v)")}
     assert "n = 3000" in verdicts["(i)"]["evidence"] and "keep_hard p=0.1" in verdicts["(i)"]["evidence"]
     text = path.read_text()
     for pid in ("(i)", "(ii)", "(iii)", "(iv)", "(v)"):
@@ -190,26 +194,26 @@ def test_a_theory_like_world_confirms_every_prediction(tmp_path):
 def test_a_reversed_world_refutes_the_predictions_it_contradicts(tmp_path):
     _, verdicts = _verdicts(tmp_path, _reversed_world,
                             loop_curves={"all": [0.4, 0.5, 0.6], "keep_hard_correct": [0.5, 0.4, 0.3]})
-    assert verdicts["(i)"]["verdict"] == R.REFUTED
-    assert verdicts["(iii)"]["verdict"] == R.REFUTED
-    assert verdicts["(v)"]["verdict"] == R.REFUTED
+    assert verdicts["(i)"]["verdict"] == REFUTED
+    assert verdicts["(iii)"]["verdict"] == REFUTED
+    assert verdicts["(v)"]["verdict"] == REFUTED
 
 
 def test_a_world_without_differences_is_inconclusive_everywhere(tmp_path):
     path, verdicts = _verdicts(tmp_path, _null_world, loop_curves={"all": [0.5, 0.5], "keep_hard_correct": [0.5, 0.5]},
                                same_draws=True)
-    assert all(v["verdict"] == R.INCONCLUSIVE for v in verdicts.values())
+    assert all(v["verdict"] == INCONCLUSIVE for v in verdicts.values())
     assert "did not separate" in path.read_text()
 
 
 def test_missing_predictions_are_inconclusive_with_a_reason(tmp_path):
     cfg, table, manifest, reference = _fake_sweep(tmp_path, _theory_world)
     grid_only = table[(table.rule != "keep_easy") & (table.oracle_noise == 0)]
-    path = R.write_report(cfg.resolved_run_dir, cfg, grid_only, manifest, reference, figures=False)
+    path = write_report(cfg.resolved_run_dir, cfg, grid_only, manifest, reference, figures=False)
     verdicts = {v["id"]: v for v in json.loads((path.parent / "verdicts.json").read_text())}
-    assert verdicts["(iii)"]["verdict"] == R.INCONCLUSIVE and "not measured" in verdicts["(iii)"]["evidence"]
-    assert verdicts["(iv)"]["verdict"] == R.INCONCLUSIVE and "eta > 0" in verdicts["(iv)"]["evidence"]
-    assert verdicts["(v)"]["verdict"] == R.INCONCLUSIVE and "loop" in verdicts["(v)"]["evidence"]
+    assert verdicts["(iii)"]["verdict"] == INCONCLUSIVE and "not measured" in verdicts["(iii)"]["evidence"]
+    assert verdicts["(iv)"]["verdict"] == INCONCLUSIVE and "eta > 0" in verdicts["(iv)"]["evidence"]
+    assert verdicts["(v)"]["verdict"] == INCONCLUSIVE and "loop" in verdicts["(v)"]["evidence"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -220,11 +224,11 @@ def test_paired_differences_are_tighter_than_the_cells_own_intervals(tmp_path, s
     better = base.copy()
     flip = rng.random(base.shape) < 0.05
     better[flip] = 1.0  # the same problems, a few more right
-    groups = {R.OVERALL: np.ones(len(ids), bool)}
-    meas = R.Measurements.__new__(R.Measurements)
+    groups = {OVERALL: np.ones(len(ids), bool)}
+    meas = Measurements.__new__(Measurements)
     meas.groups, meas.resamples, meas.confidence, meas._stats = groups, 500, 0.95, {}
     a, b = ("g", 0.0, 100, "keep_hard", 0.1, 0.0), ("g", 0.0, 100, "all", 1.0, 0.0)
-    meas.cells = {a: R.Cell(a, [0, 1, 2], better), b: R.Cell(b, [0, 1, 2], base)}
+    meas.cells = {a: Cell(a, [0, 1, 2], better), b: Cell(b, [0, 1, 2], base)}
     d = meas.difference(a, b)
     ea, eb = meas.error(a), meas.error(b)
     assert d[2] < 0  # significantly lower error

@@ -3,7 +3,6 @@ end under Ray Tune, killed midway and resumed without recomputing finished trial
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -20,17 +19,10 @@ import yaml
 
 from pipeline import columns as C
 from pipeline.config import ConfigError
-from pipeline.sweep import (
-    RESULT_FILE,
-    TRIALS_DIR,
-    canonical_cell,
-    curate_rows,
-    expand_grid,
-    load_sweep_config,
-    nested_subset,
-    parse_sweep_config,
-    results_table,
-)
+from pipeline.sweep.config import canonical_cell, expand_grid, load_sweep_config, parse_sweep_config
+from pipeline.sweep.layout import RESULT_FILE, TRIALS_DIR
+from pipeline.sweep.pool import nested_subset
+from pipeline.sweep.trials import curate_rows, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("phase_smoke.yaml", "phase_tiny.yaml", "phase_gpu.yaml")
@@ -129,7 +121,7 @@ def test_blocks_can_name_their_own_seeds():
 
 
 def test_pool_rows_come_in_the_same_order_whatever_the_part_file_names(tmp_path):
-    from pipeline.sweep import pool_samples
+    from pipeline.sweep.pool import pool_samples
 
     def rows(pid):
         return pd.DataFrame({C.PROBLEM_ID: [pid, pid], C.SAMPLE_IDX: [1, 0], C.COMPLETION: ["b", "a"]})
@@ -222,10 +214,9 @@ def test_results_table_reports_failed_and_missing_trials(tmp_path):
 
 
 def test_cli_registers_sweep_and_validates(capsys):
-    from pipeline.sweep_cli import add_cli
+    from pipeline.cli import build_parser
 
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["sweep", str(ROOT / "configs" / "phase_tiny.yaml"), "--validate",
                               "--set", "grid.seeds=[0,1,2]"])
     assert args.func(args) == 0
@@ -241,7 +232,7 @@ def _sweep_process(output_root: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.sweep_cli", str(ROOT / "configs" / "phase_smoke.yaml"),
+        [sys.executable, "-m", "pipeline.cli", "sweep", str(ROOT / "configs" / "phase_smoke.yaml"),
          "--set", f"output_root={output_root}"],
         cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -291,7 +282,7 @@ def test_smoke_sweep_resumes_after_a_kill_and_writes_the_report(tmp_path, toy_te
     assert loop["rounds"][1]["data_source"] == "round 1 model"
 
     # The report alone, from the trials on disk, with other report settings: nothing runs again.
-    from pipeline.sweep import rewrite_report
+    from pipeline.sweep.run import rewrite_report
 
     cfg = load_sweep_config(ROOT / "configs" / "phase_smoke.yaml",
                             [f"output_root={tmp_path}", "report.confidence=0.5"])
@@ -302,7 +293,7 @@ def test_smoke_sweep_resumes_after_a_kill_and_writes_the_report(tmp_path, toy_te
 
 
 def test_report_only_needs_a_sweep_that_reached_its_trials(tmp_path):
-    from pipeline.sweep import rewrite_report
+    from pipeline.sweep.run import rewrite_report
 
     cfg = parse_sweep_config(_config(output_root=str(tmp_path)))
     with pytest.raises(ConfigError, match="run `lessmore sweep CONFIG` first"):

@@ -1,4 +1,4 @@
-"""Tests of the curation theory (pipeline/theory.py) against Monte-Carlo simulation and against theory.md.
+"""Tests of the curation theory (pipeline/theory/model.py) against Monte-Carlo simulation and against theory.md.
 
 Simulation is the ground truth. Formulas from theory.md are transcribed here verbatim (independently of the module)
 so that every place where they and the simulation part ways is recorded by a test that fails if it changes.
@@ -6,7 +6,6 @@ so that every place where they and the simulation part ways is recorded by a tes
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import multiprocessing
 import os
@@ -16,7 +15,7 @@ import pytest
 from scipy import special
 
 from pipeline import theory
-from pipeline.theory_cli import add_cli
+from pipeline.cli import build_parser
 
 # Simulation runs are many small BLAS calls; multi-threaded BLAS on a busy machine makes each of them up to 100x
 # slower, so the large Monte-Carlo batches run in fresh single-threaded worker processes.
@@ -462,9 +461,7 @@ def test_invalid_inputs_say_what_to_change():
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="lessmore")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_cli_phase_writes_csv_and_heatmaps(tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 import threading
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from verifiers import VERIFIERS, Verdict, VerifierConfig, build_verifier
-from verifiers.audit import TRAP_CATEGORIES, add_cli, audit, read_labelled
+from verifiers.audit import TRAP_CATEGORIES, audit, read_labelled
 from verifiers.extract import extract_answer, last_boxed
 from verifiers.pool import _AffinityQueue
 
@@ -493,8 +492,9 @@ def test_audit_cli(tmp_path, capsys):
         {"response": "#### 17", "reference": "18", "expected": True, "category": "gsm8k"},
     ]
     labelled.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
-    parser = argparse.ArgumentParser(prog="lessmore")
-    add_cli(parser.add_subparsers())
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
     out = tmp_path / "report.json"
     args = parser.parse_args(["audit-verifier", str(labelled), "--verifier", "numeric", "-o", "rel_tol=0", "--json", str(out)])
     assert args.func(args) == 0

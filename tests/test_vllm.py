@@ -116,15 +116,3 @@ def test_stage_in_a_ray_actor_through_the_runner(toy_test_model: str, tmp_path: 
     batch = {c: problems[c] for c in (C.PROBLEM_ID, C.PROBLEM, C.ANSWER)}
     check_sample_rows(out, batch, k=3, seed=5, model_id=out[C.MODEL_ID][0])
     assert set(out[C.FINISH_REASON]) <= {"stop", "length"}
-
-
-def test_ray_data_llm_engine_gives_the_same_rows(toy_test_model: str, ray_local):
-    from stages.vllm_backend import ray_data_llm_sample
-
-    cfg = _config(toy_test_model, engine="ray_data_llm", resources={"num_cpus": 1, "concurrency": 1, "batch_size": 8})
-    batch = toy_batch(4, seed=4)
-    dataset = ray_local.data.from_items([{c: batch[c][i] for c in batch} for i in range(4)])
-    rows = ray_data_llm_sample(dataset, cfg, seed=5, model_path=toy_test_model).take_all()
-    out = {c: [r[c] for r in rows] for c in rows[0]}
-    check_sample_rows(out, batch, k=3, seed=5, model_id=out[C.MODEL_ID][0])
-    assert set(out[C.FINISH_REASON]) <= {"stop", "length"} and sum(out[C.NUM_COMPLETION_TOKENS]) > 0

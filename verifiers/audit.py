@@ -263,14 +263,8 @@ def _show(text: str, width: int) -> str:
 
 
 # -- command line ---------------------------------------------------------------------------------------------
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``audit-verifier LABELLED.jsonl [--verifier NAME] [-o KEY=VALUE ...]`` on argparse subparsers."""
-    parser = subparsers.add_parser(
-        "audit-verifier",
-        help="measure a verifier on a labelled JSONL set (accuracy, FP/FN, latency) against raw math-verify",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``audit-verifier LABELLED.jsonl [--verifier NAME] [-o KEY=VALUE ...]``."""
     parser.add_argument("labelled", help="JSON lines with response, reference, expected (bool), category")
     parser.add_argument("--verifier", default="math", help="verifier name (default: math)")
     parser.add_argument(
@@ -280,8 +274,6 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="also write the full report as JSON to PATH")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw math-verify baseline")
     parser.add_argument("--min-accuracy", type=float, metavar="X", help="exit with status 1 if accuracy < X")
-    parser.set_defaults(func=run_cli)
-    return parser
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -312,7 +304,7 @@ def run_cli(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     import sys
 
-    _parser = argparse.ArgumentParser(prog="python -m verifiers.audit")
-    add_cli(_parser.add_subparsers(required=True))
-    _args = _parser.parse_args(["audit-verifier", *sys.argv[1:]])
-    sys.exit(_args.func(_args))
+    _parser = argparse.ArgumentParser(prog="python -m verifiers.audit", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(_parser)
+    sys.exit(run_cli(_parser.parse_args()))

@@ -1,6 +1,7 @@
 """``lessmore theory``: phase diagrams, advice for a pool and the collapse loop of the curation theory.
 
-Wiring only; the computations live in :mod:`pipeline.theory`. Examples::
+Wiring only: the computations live in :mod:`pipeline.theory.model`, and ``pipeline.cli`` names the sub-commands.
+Examples::
 
     lessmore theory phase --rho-star 0.99 --lam 1e-3 --out runs/theory
     lessmore theory advise --pool-size 20000 --generator-accuracy 0.9 --oracle-accuracy 0.97 --dim 1000
@@ -18,24 +19,8 @@ _FAMILIES = ((False, "label-agnostic"), (True, "label-aware (+ correctness filte
 _PHASE_RULES = ("keep_hard", "keep_easy", "random")
 
 
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Register ``theory`` and its sub-commands on an argparse ``subparsers`` object; returns the theory parser.
-
-    Each sub-command sets ``func``: call ``args.func(args)`` to run it; it returns the process exit code.
-    """
-    theory = subparsers.add_parser(
-        "theory",
-        help="predictions of the curation theory (phase diagrams, advice, collapse loop)",
-        description="Teacher-student theory of data curation: when does keeping less (hard or easy) data win?",
-    )
-    commands = theory.add_subparsers(dest="theory_command", metavar="{phase,advise,collapse}", required=True)
-
-    phase = commands.add_parser(
-        "phase",
-        help="phase diagrams over (n/d, generator quality): best keep fraction, its gain, winning rule",
-        description="Writes phase.csv and PNG heatmaps of the best keep fraction p, E(best p)/E(p=1) per rule, "
-        "the keep-hard vs keep-easy winner map, and the infinite-data limit F(q) of Theorem 2.",
-    )
+def add_phase_arguments(phase: argparse.ArgumentParser) -> None:
+    """The arguments of ``lessmore theory phase``."""
     phase.add_argument("--rho-star", type=float, default=0.99, help="oracle cosine with the ground truth")
     phase.add_argument("--lam", type=float, default=1e-3, help="ridge penalty of the learner")
     phase.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
@@ -47,14 +32,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     phase.add_argument(
         "--rho-range", type=float, nargs=2, default=(0.6, 1.0), metavar=("MIN", "MAX"), help="range of generator rho"
     )
-    phase.set_defaults(func=run_phase)
 
-    advise = commands.add_parser(
-        "advise",
-        help="recommended rule and keep fraction for a pool, from measured accuracies",
-        description="Maps accuracies to cosines by rho = cos(pi * (1 - accuracy)) and picks the rule and keep "
-        "fraction with the lowest predicted error.",
-    )
+
+def add_advise_arguments(advise: argparse.ArgumentParser) -> None:
+    """The arguments of ``lessmore theory advise``."""
     advise.add_argument("--pool-size", type=int, required=True, help="number of candidate examples n")
     advise.add_argument(
         "--generator-accuracy", type=float, required=True, help="fraction of the pool's labels/traces that are correct"
@@ -72,14 +53,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="only consider rules that do not drop examples the oracle marks wrong (no verifier available)",
     )
-    advise.set_defaults(func=run_advise)
 
-    collapse = commands.add_parser(
-        "collapse",
-        help="self-training loop: error per round for all data, label-agnostic and label-aware rules",
-        description="Each round relabels a fresh pool with the previous round's model, curates it with the fixed "
-        "oracle and retrains. Writes collapse.png and collapse.csv.",
-    )
+
+def add_collapse_arguments(collapse: argparse.ArgumentParser) -> None:
+    """The arguments of ``lessmore theory collapse``."""
     collapse.add_argument("--rho", type=float, default=0.95, help="cosine of the initial generator")
     collapse.add_argument("--rho-star", type=float, default=0.99, help="oracle cosine")
     collapse.add_argument("--n-over-d", type=float, default=10.0, help="fresh pool size per round over d")
@@ -92,8 +69,6 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     collapse.add_argument("--dim", type=int, default=200, help="dimension of the simulation")
     collapse.add_argument("--seeds", type=int, default=4, help="independent simulated chains to average")
     collapse.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
-    collapse.set_defaults(func=run_collapse)
-    return theory
 
 
 def _fail(message: str) -> int:
@@ -101,17 +76,14 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _heatmap(ax, grid, values, title, cmap, vmin=None, vmax=None, contour_at=None):
+def _grid_heatmap(ax, grid, values, title, cmap, vmin=None, vmax=None, contour_at=None):
     """One (log n/d, rho) heatmap with a colour bar and an optional contour line."""
-    import numpy as np
+    from pipeline.plots import heatmap
 
-    mesh = ax.pcolormesh(grid.n_over_d, grid.rho, values, shading="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
-    if contour_at is not None and np.nanmin(values) < contour_at < np.nanmax(values):
-        ax.contour(grid.n_over_d, grid.rho, values, levels=[contour_at], colors="k", linewidths=1.0)
+    mesh = heatmap(ax, values, title, cmap, vmin, vmax, x=grid.n_over_d, y=grid.rho, contour_at=contour_at)
     ax.set_xscale("log")
     ax.set_xlabel("n / d")
     ax.set_ylabel("generator rho")
-    ax.set_title(title, fontsize=9)
     ax.figure.colorbar(mesh, ax=ax)
 
 
@@ -123,8 +95,8 @@ def _phase_figure(grid, family: str, path: Path) -> None:
     fig.subplots_adjust(left=0.06, right=0.97, bottom=0.08, top=0.88, wspace=0.35, hspace=0.4)
     axes = fig.subplots(2, len(grid.rules), squeeze=False)
     for col, rule in enumerate(grid.rules):
-        _heatmap(axes[0, col], grid, grid.best_p[rule], f"{rule}: best keep fraction p", "viridis", 0.0, 1.0)
-        _heatmap(
+        _grid_heatmap(axes[0, col], grid, grid.best_p[rule], f"{rule}: best keep fraction p", "viridis", 0.0, 1.0)
+        _grid_heatmap(
             axes[1, col], grid, grid.ratio[rule], f"{rule}: E(best p) / E(p=1)", "magma", None, 1.0, contour_at=0.99
         )
     fig.suptitle(f"{family}, rho* = {grid.rho_star:g}, lambda = {grid.lam:g} (contour: 1% gain)")
@@ -141,7 +113,7 @@ def _winner_figure(grids, path: Path) -> None:
     for ax, (family, grid) in zip(axes, grids):
         log_ratio = np.log2(grid.best_error["keep_hard"] / grid.best_error["keep_easy"])
         bound = max(float(np.nanmax(np.abs(log_ratio))), 1e-6)
-        _heatmap(
+        _grid_heatmap(
             ax, grid, log_ratio, f"{family}\nlog2 E(keep_hard) / E(keep_easy): < 0 keep-hard wins", "coolwarm",
             -bound, bound, contour_at=0.0,
         )
@@ -184,7 +156,7 @@ def run_phase(args: argparse.Namespace) -> int:
     """``lessmore theory phase``: write phase.csv and the heatmaps under ``--out``."""
     import numpy as np
 
-    from pipeline import theory
+    from pipeline.theory import model as theory
 
     if args.grid < 2 or args.num_p < 2:
         return _fail("--grid and --num-p must be at least 2")
@@ -246,7 +218,7 @@ def run_phase(args: argparse.Namespace) -> int:
 
 def run_advise(args: argparse.Namespace) -> int:
     """``lessmore theory advise``: print the recommended rule and keep fraction with the predicted gain."""
-    from pipeline import theory
+    from pipeline.theory import model as theory
 
     try:
         advice = theory.advise(
@@ -286,7 +258,7 @@ def run_collapse(args: argparse.Namespace) -> int:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from pipeline import theory
+    from pipeline.theory import model as theory
 
     try:
         result = theory.collapse_loop(

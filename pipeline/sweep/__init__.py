@@ -1,0 +1,37 @@
+"""sweep: measure the size x quality phase transition of data curation on ONE shared pool, under Ray Tune.
+
+    lessmore sweep configs/phase_tiny.yaml
+
+1. **Pool.** For each generator, the runner samples k completions per problem, verifies them and scores difficulty
+   (source -> sample -> verify -> difficulty into ``run_dir/pool/<generator>/``, resumable). No trial samples again.
+2. **Reference.** The untouched student and every generator are evaluated once on the held-out problems.
+3. **Trials.** Each grid cell (generator, pool size n, keep fraction p, rule, oracle noise eta, generator noise eps,
+   seed) runs curate -> finetune -> evaluate as one Ray Tune trial. Pool sizes are nested random subsets of the pool
+   (per seed), so the n = 300 problems are among the n = 1000 ones. Every trial is judged on the same held-out
+   problems, so any two cells can be compared problem by problem. Trials run in parallel where the CPUs allow, a
+   failed trial is retried (``tune.max_failures``) and then reported, never dropped, and a rerun resumes the Tune
+   experiment: finished trials are read back, not computed again (each trial also caches its result on disk under a
+   fingerprint of everything it depends on).
+4. **Collapse loop** (``loop.rounds``): one trial per rule; in round 1 the student trains on the curated pool, in each
+   later round the previous round's model generates the data, the rule curates it, and a fresh student trains on it.
+5. **Report** (``pipeline.sweep.report``): error against p with confidence bands, phase heatmaps, the rule-winner map,
+   the calibrated theory overlay and a verdict for each prediction of theory.md §5, in ``run_dir/report/``.
+
+Rules (``RULE_SPECS``): ``all``, ``random``, ``keep_hard``, ``keep_easy`` train on the generator's completions whether
+correct or not (the theory's label-agnostic rules; one completion per problem); ``correct_only``,
+``keep_hard_correct``, ``keep_easy_correct`` train on verified-correct completions only (label-aware). At p = 1
+every label-agnostic rule keeps the same rows as ``all`` and every label-aware one the same as ``correct_only``, so
+those cells are computed once and shared by the curves.
+
+Modules, each one job (a module imports only those listed before it):
+
+- ``layout``: the names on disk under the run directory;
+- ``config``: SweepConfig and its blocks, the grid, the rule sets, what a trial's fingerprint covers;
+- ``pool``: building and reading the shared pools, nested pool subsets, the reference evaluation;
+- ``trials``: one trial, the collapse loop, Ray Tune, the results table;
+- ``measure``, ``calibrate``, ``verdicts``, ``plots``, ``report``: the report (cells and intervals, the theory's
+  calibration, the verdicts, the figures, ``report.md``);
+- ``run``: ``run_sweep`` and ``rewrite_report``; ``commands``: the ``lessmore sweep`` arguments and command.
+
+Importing this package imports none of them (the CLI parser imports ``commands``).
+"""

@@ -1,0 +1,346 @@
+"""The sweep's configuration: the config blocks, parsing, the grid of trials (ids, shared p = 1 cells), the rule sets,
+and what a trial's fingerprint covers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from pipeline import io
+from pipeline.config import ConfigError, RayConfig, apply_overrides, load_yaml, safe_join
+from pipeline.evaluate import EvaluateConfig
+from pipeline.finetune import FinetuneConfig
+from stages.base import Frozen
+from stages.difficulty import DifficultyConfig
+from stages.sample import SampleConfig
+from stages.source import SourceConfig
+from stages.verify import VerifyConfig
+
+# rule name -> CurateConfig fields. Label-agnostic rules train on one completion per problem, correct or not.
+RULE_SPECS: dict[str, dict[str, Any]] = {
+    "all": {"rule": "all", "label_aware": False},
+    "random": {"rule": "random", "label_aware": False},
+    "keep_hard": {"rule": "keep_hard", "label_aware": False},
+    "keep_easy": {"rule": "keep_easy", "label_aware": False},
+    "correct_only": {"rule": "correct_only"},
+    "keep_hard_correct": {"rule": "keep_hard_correct"},
+    "keep_easy_correct": {"rule": "keep_easy_correct"},
+}
+LABEL_AWARE_RULES = ("correct_only", "keep_hard_correct", "keep_easy_correct")
+# Rules that rank by the difficulty score: the only ones oracle noise can change.
+SCORED_RULES = ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct")
+
+
+def family_baseline(rule: str) -> str:
+    """The p = 1 cell of a rule's family: ``correct_only`` for label-aware rules, ``all`` otherwise."""
+    return "correct_only" if rule in LABEL_AWARE_RULES else "all"
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+
+
+class GeneratorSpec(Frozen):
+    """One generator of the pool (a point on the generator-quality axis)."""
+
+    model: str = Field(description="toy:NAME, a local model directory or a hub id; it samples the pool.")
+    gguf_file: str | None = Field(None, description="GGUF file inside the model directory, if it ships GGUF.")
+
+
+class PoolConfig(Frozen):
+    """The shared pool: problems, and for each generator its sampled, verified and scored completions."""
+
+    source: SourceConfig = Field(description="Where the pool's problems come from (a source stage block).")
+    generators: dict[str, GeneratorSpec] = Field(
+        description="name -> generator. Each samples the same problems once into run_dir/pool/<name>/."
+    )
+    sample: SampleConfig = Field(
+        default_factory=SampleConfig,
+        description="Sampling settings shared by the generators (k, temperature, max_tokens, backend, resources); "
+        "`model` is set per generator. Also the prompt format of fine-tuning and evaluation.",
+    )
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The verifier of the pool and evaluation.")
+    difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig, description="Pass-rate settings.")
+
+    @field_validator("generators")
+    @classmethod
+    def _some(cls, value: dict[str, GeneratorSpec]) -> dict[str, GeneratorSpec]:
+        if not value:
+            raise ValueError("name at least one generator, e.g. {strong: {model: toy:strong}}")
+        bad = [name for name in value if not name.replace("_", "").replace("-", "").isalnum()]
+        if bad:
+            raise ValueError(f"generator names {bad} must be letters, digits, '-' or '_' (they name directories)")
+        return value
+
+
+class GridBlock(Frozen):
+    """One cross product of the grid. The grid is the union of its blocks (duplicates run once)."""
+
+    name: str = Field("grid", description="Label of the block (shown in the report).")
+    generators: tuple[str, ...] | None = Field(None, description="Generators (default: all of pool.generators).")
+    pool_sizes: tuple[int, ...] = Field(description="Pool sizes n: nested random subsets of the pool's problems.")
+    keep_fractions: tuple[float, ...] = Field((1.0,), description="Keep fractions p (of the n problems).")
+    rules: tuple[str, ...] = Field(("random",), description=f"Rules among {', '.join(RULE_SPECS)}.")
+    oracle_noise: tuple[float, ...] = Field(
+        (0.0,), description="eta: fraction of problems whose difficulty score is replaced by a random one."
+    )
+    generator_noise: tuple[float, ...] = Field(
+        (0.0,), description="eps: fraction of correct training completions swapped for wrong-answer ones."
+    )
+    seeds: tuple[int, ...] | None = Field(
+        None, description="Seeds of this block's cells (default: grid.seeds). theory.md §5: three seeds for the "
+        "corners, one seed plus the bootstrap over evaluation problems elsewhere.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "GridBlock":
+        unknown = [r for r in self.rules if r not in RULE_SPECS]
+        if unknown:
+            raise ValueError(f"unknown rule(s) {unknown}; valid rules: {', '.join(RULE_SPECS)}")
+        if not self.pool_sizes or any(n < 1 for n in self.pool_sizes):
+            raise ValueError("pool_sizes must be positive integers")
+        if not self.keep_fractions or any(not 0 < p <= 1 for p in self.keep_fractions):
+            raise ValueError("keep_fractions must lie in (0, 1]")
+        for name, values in (("oracle_noise", self.oracle_noise), ("generator_noise", self.generator_noise)):
+            if not values or any(not 0 <= v <= 1 for v in values):
+                raise ValueError(f"{name} values must lie in [0, 1]")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("seeds must be a non-empty list of distinct integers (or omitted: grid.seeds)")
+        return self
+
+
+class GridConfig(Frozen):
+    """The trials: every combination of each block's axes, for every seed."""
+
+    seeds: tuple[int, ...] = Field((0, 1, 2), description="Seeds: each changes the pool subset, selection ties, "
+                                   "noise draws, trace choice, weights init and data order.")
+    blocks: tuple[GridBlock, ...] = Field(description="Cross products whose union is the grid.")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return value
+
+
+class TuneSettings(Frozen):
+    """How Ray Tune runs the trials."""
+
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial; trials run in parallel as the "
+                                  "cluster's CPUs allow. Also the torch threads of a trial when finetune.threads / "
+                                  "evaluate.threads are unset.")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs reserved per trial.")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Cap on parallel trials (None: resources).")
+    max_failures: int = Field(1, ge=0, description="Retries of a failed trial before it is reported as failed.")
+    reuse_actors: bool = Field(True, description="Run consecutive trials in the same worker process (saves the "
+                               "torch/transformers import per trial).")
+    keep_models: bool = Field(False, description="Keep each trial's fine-tuned model (off: deleted after evaluation).")
+
+
+class LoopConfig(Frozen):
+    """The collapse loop: each round, the previous round's model generates the data and every rule curates it."""
+
+    rounds: int = Field(0, ge=0, description="Rounds (0: no loop). Round 1 trains on the pool's curated data.")
+    generator: str | None = Field(None, description="Pool generator of round 1 (default: the last one listed).")
+    pool_size: int = Field(500, ge=1, description="Problems per round.")
+    k: int = Field(4, ge=1, description="Completions per problem the student samples in rounds >= 2.")
+    rules: tuple[str, ...] = Field(
+        ("all", "correct_only", "keep_hard_correct", "keep_easy_correct"),
+        description="One chain per rule; all and correct_only keep everything they accept (p = 1).",
+    )
+    keep_fraction: float = Field(0.3, gt=0, le=1, description="p of the difficulty rules in the loop.")
+    seed: int = Field(0, description="Seed of the loop's problem draws, selection and training.")
+
+    @field_validator("rules")
+    @classmethod
+    def _rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [r for r in value if r not in RULE_SPECS]
+        if unknown:
+            raise ValueError(f"unknown rule(s) {unknown}; valid rules: {', '.join(RULE_SPECS)}")
+        return value
+
+
+class ReportSettings(Frozen):
+    """What the report computes."""
+
+    tiers: dict[str, tuple[int, ...]] = Field(
+        default_factory=lambda: {"seen": (1, 2, 3), "hard": (4, 5, 6)},
+        description="Named groups of levels reported beside each level; 'hard' is the tier of prediction (ii).",
+    )
+    hard_tier: str | None = Field("hard", description="The tier that prediction (ii) checks (a key of tiers; "
+                                  "null when the evaluation problems have no levels).")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples (seeds and problems) per interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of every interval.")
+    small_keep_fraction: float = Field(0.1, gt=0, le=1, description="Prediction (i): 'p <= this' counts as small.")
+    oracle_accuracy: float | None = Field(
+        None, ge=0.5, le=1, description="Oracle accuracy for the theory (rho* = cos(pi (1 - a))). None: measured as "
+        "the concordance of the (noised) difficulty score with the problems' levels.",
+    )
+    lam: float = Field(1e-3, gt=0, description="Ridge penalty of the theory's learner.")
+    tolerance: float = Field(0.01, ge=0, lt=1, description="Theory: a rule 'pays' when E(best)/E(1) < 1 - tolerance.")
+
+
+class SweepConfig(Frozen):
+    """A whole sweep: the shared pool, the grid of trials, fine-tuning, evaluation, Tune, the loop, the report."""
+
+    name: str = Field("sweep", description="Sweep name; the run directory defaults to <output_root>/<name>.")
+    output_root: str = Field("runs", description="Every output path stays inside this directory.")
+    run_dir: str | None = Field(None, description="Run directory, relative to output_root (default: the name).")
+    seed: int = Field(0, description="Seed of the pool's problems and sampling, and of the held-out draw.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection settings.")
+    pool: PoolConfig = Field(description="The shared pool.")
+    grid: GridConfig = Field(description="The trials.")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig,
+                                     description="Student and budget (budget: steps = compute-matched, the default; "
+                                     "epochs = epoch-matched).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
+                                     description="Held-out evaluation (the same problems for every trial).")
+    tune: TuneSettings = Field(default_factory=TuneSettings, description="Ray Tune settings.")
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="The collapse loop.")
+    report: ReportSettings = Field(default_factory=ReportSettings, description="Report settings.")
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> "SweepConfig":
+        names = set(self.pool.generators)
+        for i, block in enumerate(self.grid.blocks):
+            unknown = [g for g in block.generators or () if g not in names]
+            if unknown:
+                raise ValueError(f"grid.blocks.{i}.generators: {unknown} not in pool.generators ({sorted(names)})")
+            if self.pool.source.n is not None and max(block.pool_sizes) > self.pool.source.n:
+                raise ValueError(f"grid.blocks.{i}.pool_sizes: {max(block.pool_sizes)} exceeds the pool's "
+                                 f"{self.pool.source.n} problems; raise pool.source.n or lower the size")
+        if self.loop.rounds and self.loop.generator is not None and self.loop.generator not in names:
+            raise ValueError(f"loop.generator {self.loop.generator!r} not in pool.generators ({sorted(names)})")
+        if self.loop.rounds and self.pool.source.n is not None and self.loop.pool_size > self.pool.source.n:
+            raise ValueError(f"loop.pool_size {self.loop.pool_size} exceeds the pool's {self.pool.source.n} problems")
+        if self.report.hard_tier is not None and self.report.hard_tier not in self.report.tiers:
+            raise ValueError(f"report.hard_tier {self.report.hard_tier!r} is not a key of report.tiers")
+        if not self.grid.blocks:
+            raise ValueError("grid.blocks: name at least one block")
+        return self
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        """The run directory, checked to stay inside ``output_root``."""
+        return safe_join(self.output_root, self.run_dir or self.name)
+
+    @property
+    def loop_generator(self) -> str:
+        """The generator whose pool feeds round 1 of the loop."""
+        return self.loop.generator or list(self.pool.generators)[-1]
+
+
+def _format_errors(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key")
+        elif err["type"] == "missing":
+            lines.append(f"{path}: required field is missing")
+        else:
+            lines.append(f"{path}: {err['msg']}".replace("Value error, ", ""))
+    return "\n".join(lines)
+
+
+def parse_sweep_config(data: Any) -> SweepConfig:
+    """Validate a dict into a SweepConfig, raising ConfigError with one line per problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"sweep config: must be a mapping at the top level, got {type(data).__name__}")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
+    """Load a sweep YAML, apply ``a.b=c`` overrides and validate it."""
+    return parse_sweep_config(apply_overrides(load_yaml(path), overrides or []))
+
+
+# -- the grid ----------------------------------------------------------------------------------------------------
+
+
+def trial_id(spec: dict[str, Any]) -> str:
+    """A readable, unique directory name for a trial."""
+    if spec["kind"] == "loop":
+        return f"loop-{spec['rule']}"
+    return (f"{spec['generator']}-n{spec['pool_size']}-{spec['rule']}-p{spec['keep_fraction']:g}"
+            f"-eta{spec['oracle_noise']:g}-eps{spec['generator_noise']:g}-s{spec['seed']}")
+
+
+def canonical_cell(rule: str, p: float, eta: float) -> tuple[str, float, float]:
+    """The cell that computes (rule, p, eta): p = 1 is the family baseline, and unscored rules ignore eta."""
+    if p >= 1.0:
+        rule = family_baseline(rule)
+    elif rule == "all":
+        rule = "random"  # a prefix of the random order; the same set
+    if rule not in SCORED_RULES:
+        eta = 0.0
+    return rule, (1.0 if p >= 1.0 else float(p)), float(eta)
+
+
+def expand_grid(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Every trial of the sweep as a plain dict (loop chains first: they take longest), without duplicates."""
+    specs: dict[str, dict[str, Any]] = {}
+    if cfg.loop.rounds:
+        for rule in cfg.loop.rules:
+            spec = {"kind": "loop", "rule": rule, "generator": cfg.loop_generator, "rounds": cfg.loop.rounds,
+                    "pool_size": cfg.loop.pool_size, "keep_fraction": _loop_keep_fraction(rule, cfg.loop),
+                    "oracle_noise": 0.0, "generator_noise": 0.0, "seed": cfg.loop.seed, "block": "loop"}
+            specs[trial_id(spec)] = spec
+    generators = list(cfg.pool.generators)
+    for block in cfg.grid.blocks:
+        for gen in block.generators or generators:
+            for n in block.pool_sizes:
+                for rule in block.rules:
+                    for p in block.keep_fractions:
+                        for eta in block.oracle_noise:
+                            for eps in block.generator_noise:
+                                for seed in block.seeds or cfg.grid.seeds:
+                                    crule, cp, ceta = canonical_cell(rule, p, eta)
+                                    spec = {"kind": "grid", "generator": gen, "pool_size": int(n), "rule": crule,
+                                            "keep_fraction": cp, "oracle_noise": ceta,
+                                            "generator_noise": float(eps), "seed": int(seed), "block": block.name}
+                                    specs.setdefault(trial_id(spec), spec)
+    out = []
+    for tid, spec in specs.items():
+        out.append({**spec, "trial_id": tid})
+    return out
+
+
+def _loop_keep_fraction(rule: str, loop: LoopConfig) -> float:
+    return 1.0 if rule in ("all", "correct_only") else loop.keep_fraction
+
+
+# -- fingerprints --------------------------------------------------------------------------------------------------
+
+
+def trial_config_json(cfg: SweepConfig) -> dict[str, Any]:
+    """The parts of the sweep config a trial's result depends on."""
+    dump = cfg.model_dump(mode="json")
+    return {k: dump[k] for k in ("seed", "finetune", "evaluate")} | {
+        "sample": dump["pool"]["sample"], "verify": dump["pool"]["verify"], "loop": dump["loop"],
+        "source": dump["pool"]["source"],
+    }
+
+
+def code_version() -> str:
+    """Hash of the code a trial's result depends on: curation, training, evaluation, sampling, and the sweep's own
+    config, pool and trial modules (not its report: a new figure must not rerun the trials)."""
+    import pipeline.evaluate
+    import pipeline.finetune
+    import stages.curate
+    import stages.difficulty
+    import stages.rules
+    import stages.sample
+    import stages.verify
+
+    # Named by file, not imported: the modules above this one import it.
+    here = Path(__file__).parent
+    return io.code_hash(pipeline.evaluate, pipeline.finetune, stages.rules, stages.curate, stages.difficulty,
+                        stages.sample, stages.verify, *(here / name for name in ("config.py", "layout.py", "pool.py",
+                                                                                  "trials.py")))

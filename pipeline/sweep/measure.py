@@ -1,0 +1,257 @@
+"""The sweep's measurements: trials as cells over one held-out problem index, their errors with intervals, the
+phase-diagram entry and rule winner of a cell, and the collapse-loop chains.
+
+Statistics. Every trial is scored on the same held-out problems, so a cell is a seeds x problems matrix of verdicts.
+Intervals are percentile bootstraps that resample seeds and problems together; a difference between two cells is
+bootstrapped on the paired matrix (same seeds, same problems), and "significant" means its interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.sweep.config import family_baseline
+from pipeline.sweep.layout import RESULT_FILE, SCORES_FILE, TRIALS_DIR, round_dirname
+
+OVERALL = "overall"
+
+
+# -- cells and intervals -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One grid cell, seeds pooled: verdicts as a seeds x problems matrix (NaN where a trial is missing)."""
+
+    key: tuple  # (generator, generator_noise, pool_size, rule, keep_fraction, oracle_noise)
+    seeds: list[int]
+    matrix: np.ndarray
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def variant(self) -> tuple[str, float]:
+        return self.key[0], self.key[1]
+
+    def trial_mean(self, name: str) -> float:
+        """Mean over the cell's trials of a curation figure (``kept_rows``, ``kept_trace_accuracy``)."""
+        return float(np.mean([t.get(name, np.nan) for t in self.trials]))
+
+
+def named_rng(*names: object) -> np.random.Generator:
+    """A generator seeded by names (a cell key, a group): the same interval on every run of the report."""
+    return np.random.default_rng([zlib.crc32(repr(n).encode()) for n in names])
+
+
+def bootstrap_mean(matrix: np.ndarray, resamples: int, confidence: float, rng: np.random.Generator):
+    """Mean of a seeds x problems matrix with a percentile interval that resamples seeds and problems together.
+
+    Returns (mean, low, high). With one seed the interval covers problems only.
+    """
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.size == 0 or np.isnan(m).all():
+        return float("nan"), float("nan"), float("nan")
+    m = np.where(np.isnan(m), np.nanmean(m, axis=0, keepdims=True), m)  # a missing seed borrows the others' mean
+    s, p = m.shape
+    seeds = rng.integers(0, s, size=(resamples, s))
+    seed_weights = np.zeros((resamples, s))
+    np.add.at(seed_weights, (np.arange(resamples)[:, None], seeds), 1.0 / s)
+    per_problem = seed_weights @ m  # each resample's seed mean, per problem
+    problems = rng.integers(0, p, size=(resamples, p))
+    means = np.take_along_axis(per_problem, problems, axis=1).mean(axis=1)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(m.mean()), float(low), float(high)
+
+
+class Measurements:
+    """The sweep's trials as cells over one held-out problem index, with error statistics per group of levels."""
+
+    def __init__(self, run_dir: Path, table, groups: dict[str, np.ndarray], problem_ids: list[str],
+                 resamples: int, confidence: float) -> None:
+        self.groups = groups
+        self.resamples = resamples
+        self.confidence = confidence
+        index = {pid: i for i, pid in enumerate(problem_ids)}
+        ok = table[(table["status"] == "ok") & (table["kind"] == "grid")]
+        by_key: dict[tuple, list[dict]] = {}
+        for row in ok.to_dict("records"):
+            key = (row["generator"], float(row["generator_noise"]), int(row["pool_size"]), row["rule"],
+                   float(row["keep_fraction"]), float(row["oracle_noise"]))
+            by_key.setdefault(key, []).append(row)
+        self.cells: dict[tuple, Cell] = {}
+        for key, rows in by_key.items():
+            rows.sort(key=lambda r: r["seed"])
+            matrix = np.full((len(rows), len(problem_ids)), np.nan)
+            for i, row in enumerate(rows):
+                scores = _read_scores(run_dir / TRIALS_DIR / row["trial_id"] / SCORES_FILE)
+                for pid, correct in zip(scores["problem_id"], scores["correct"]):
+                    j = index.get(pid)
+                    if j is not None:
+                        matrix[i, j] = correct
+            self.cells[key] = Cell(key, [int(r["seed"]) for r in rows], matrix, rows)
+        self._stats: dict[tuple, tuple[float, float, float]] = {}
+
+    def error(self, key: tuple, group: str = OVERALL) -> tuple[float, float, float]:
+        """(error, low, high) of a cell on a group of problems; NaNs when the cell was not measured."""
+        if key not in self.cells:
+            return (float("nan"),) * 3
+        memo = (key, group)
+        if memo not in self._stats:
+            mask = self.groups[group]
+            acc, lo, hi = bootstrap_mean(self.cells[key].matrix[:, mask], self.resamples, self.confidence,
+                                         named_rng(key, group))
+            self._stats[memo] = (1.0 - acc, 1.0 - hi, 1.0 - lo)
+        return self._stats[memo]
+
+    def difference(self, a: tuple, b: tuple, group: str = OVERALL) -> tuple[float, float, float]:
+        """Error of ``a`` minus error of ``b`` with a paired interval (common seeds, same problems)."""
+        if a not in self.cells or b not in self.cells:
+            return (float("nan"),) * 3
+        ca, cb = self.cells[a], self.cells[b]
+        common = [s for s in ca.seeds if s in cb.seeds]
+        if common:
+            ma = ca.matrix[[ca.seeds.index(s) for s in common]]
+            mb = cb.matrix[[cb.seeds.index(s) for s in common]]
+        else:  # no shared seed: compare seed means problem by problem
+            ma, mb = np.nanmean(ca.matrix, axis=0, keepdims=True), np.nanmean(cb.matrix, axis=0, keepdims=True)
+        mask = self.groups[group]
+        d, lo, hi = bootstrap_mean((mb - ma)[:, mask], self.resamples, self.confidence, named_rng("diff", a, b, group))
+        return d, lo, hi
+
+    # -- views -----------------------------------------------------------------------------------------------------
+
+    def variants(self) -> list[tuple[str, float]]:
+        """(generator, eps) pairs measured."""
+        return sorted({c.variant for c in self.cells.values()})
+
+    def sizes(self, variant=None) -> list[int]:
+        return sorted({k[2] for k in self.cells if variant is None or k[:2] == tuple(variant)})
+
+    def rules(self) -> list[str]:
+        return sorted({k[3] for k in self.cells})
+
+    def curve(self, variant, n: int, rule: str, eta: float = 0.0) -> list[tuple[float, tuple]]:
+        """(p, cell key) of a rule's curve, p ascending, with p = 1 taken from the family's baseline cell."""
+        points = [(k[4], k) for k in self.cells
+                  if k[:3] == (variant[0], variant[1], n) and k[3] == rule and k[4] < 1.0 and k[5] == eta]
+        base = (variant[0], variant[1], n, family_baseline(rule), 1.0, 0.0)
+        if base in self.cells:
+            points.append((1.0, base))
+        return sorted(points)
+
+    def baseline(self, variant, n: int, rule: str) -> tuple:
+        return (variant[0], variant[1], n, family_baseline(rule), 1.0, 0.0)
+
+
+def _read_scores(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path, columns=["problem_id", "correct"])
+
+
+def significant_below(interval: tuple[float, float, float]) -> bool:
+    """Whether an (estimate, low, high) interval lies entirely below 0."""
+    return bool(interval[2] < 0)
+
+
+def significant_above(interval: tuple[float, float, float]) -> bool:
+    """Whether an (estimate, low, high) interval lies entirely above 0."""
+    return bool(interval[1] > 0)
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A number for the report (``n/a`` for None or NaN)."""
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def fmt_ci(t: tuple[float, float, float], signed: bool = False) -> str:
+    """An (estimate, low, high) interval as ``0.123 [0.100, 0.150]`` (``n/a`` when any is NaN)."""
+    if any(math.isnan(v) for v in t):
+        return "n/a"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(t[0])} [{f.format(t[1])}, {f.format(t[2])}]"
+
+
+# -- phase diagram, rule winner --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseCell:
+    """Best keep fraction of one rule at one (variant, n), its error ratio to p = 1 and the paired difference."""
+
+    best_p: float
+    ratio: float
+    difference: tuple[float, float, float]  # E(best) - E(1)
+    points: int
+
+
+def phase_cell(meas: Measurements, variant, n: int, rule: str, eta: float = 0.0,
+               group: str = OVERALL) -> PhaseCell | None:
+    """The measured phase-diagram entry, or None when the rule has no p < 1 cell there."""
+    curve = meas.curve(variant, n, rule, eta)
+    if not any(p < 1 for p, _ in curve) or not any(p == 1 for p, _ in curve):
+        return None
+    errors = [(meas.error(k, group)[0], p, k) for p, k in curve]
+    best_err, best_p, best_key = min(errors, key=lambda e: (e[0], -e[1]))
+    base_key = meas.baseline(variant, n, rule)
+    base_err = meas.error(base_key, group)[0]
+    diff = meas.difference(best_key, base_key, group) if best_p < 1 else (0.0, 0.0, 0.0)
+    ratio = best_err / base_err if base_err > 0 else float("nan")
+    return PhaseCell(best_p, ratio, diff, len(curve))
+
+
+def rule_winner(meas: Measurements, variant, n: int, hard: str, easy: str, eta: float = 0.0,
+                group: str = OVERALL) -> dict[str, Any] | None:
+    """Keep-hard against keep-easy at matched p < 1: +1 hard significantly better (and never significantly
+    worse), -1 the reverse, 0 neither; with the per-p differences E_hard - E_easy."""
+    hard_curve = dict(meas.curve(variant, n, hard, eta))
+    easy_curve = dict(meas.curve(variant, n, easy, eta))
+    matched = sorted(p for p in hard_curve if p < 1 and p in easy_curve)
+    if not matched:
+        return None
+    diffs = {p: meas.difference(hard_curve[p], easy_curve[p], group) for p in matched}
+    hard_better = any(significant_below(d) for d in diffs.values())
+    easy_better = any(significant_above(d) for d in diffs.values())
+    sign = 1 if hard_better and not easy_better else -1 if easy_better and not hard_better else 0
+    mean_diff = float(np.mean([d[0] for d in diffs.values()]))
+    return {"sign": sign, "differences": diffs, "mean_difference": mean_diff}
+
+
+# -- collapse loop -------------------------------------------------------------------------------------------------
+
+
+def loop_rounds(run_dir: Path, table) -> dict[str, list[dict[str, Any]]]:
+    """rule -> the loop chain's rounds (round, data accuracy, kept rows, per-problem scores)."""
+    import pandas as pd
+
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for row in table[(table["kind"] == "loop") & (table["status"] == "ok")].to_dict("records"):
+        trial_dir = run_dir / TRIALS_DIR / row["trial_id"]
+        result = json.loads((trial_dir / RESULT_FILE).read_text())
+        rounds = []
+        for entry in result["rounds"]:
+            scores = pd.read_parquet(trial_dir / round_dirname(entry["round"]) / SCORES_FILE)
+            rounds.append({**entry, "scores": scores})
+        chains[row["rule"]] = rounds
+    return chains
+
+
+def round_matrix(rounds, problem_ids: list[str]) -> np.ndarray:
+    """A loop chain's verdicts as a rounds x problems matrix over the held-out problem index."""
+    index = {pid: i for i, pid in enumerate(problem_ids)}
+    m = np.full((len(rounds), len(problem_ids)), np.nan)
+    for r, entry in enumerate(rounds):
+        for pid, c in zip(entry["scores"]["problem_id"], entry["scores"]["correct"]):
+            if pid in index:
+                m[r, index[pid]] = c
+    return m
+

@@ -1,0 +1,375 @@
+"""The trials: one cell curated from the pool, fine-tuned and evaluated (``run_trial``), the collapse-loop chains, Ray
+Tune running them (``run_trials``), and the results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline import io
+from pipeline.sweep.config import RULE_SPECS, SweepConfig, code_version, parse_sweep_config, trial_config_json
+from pipeline.sweep.layout import CONFIG_FILE, RESULT_FILE, SCORES_FILE, TRIALS_DIR, TUNE_DIR, round_dirname
+from pipeline.sweep.pool import nested_subset, pool_problems, pool_samples, read_manifest, read_scores
+
+# -- one trial -----------------------------------------------------------------------------------------------------
+
+
+def curate_config(rule: str, keep_fraction: float, oracle_noise: float, generator_noise: float, seed: int):
+    """The curate stage config of one cell (no curation report: trials write their own summary)."""
+    from stages.curate import CurateConfig
+
+    return CurateConfig(**RULE_SPECS[rule], p=keep_fraction, oracle_noise=oracle_noise,
+                        generator_noise=generator_noise, seed=seed, report=False)
+
+
+def curate_rows(samples, rule: str, keep_fraction: float, oracle_noise: float, generator_noise: float, seed: int):
+    """Curate a sample table for one cell; returns (training rows DataFrame, summary dict)."""
+    from pipeline import columns as C
+    from stages.curate import plan, training_rows
+
+    ccfg = curate_config(rule, keep_fraction, oracle_noise, generator_noise, seed)
+    decisions = plan(samples, ccfg, seed)
+    rows = training_rows(samples, decisions)
+    dropped = decisions.loc[~decisions[C.KEPT].to_numpy(), C.DROP_REASON].value_counts()
+    summary = {
+        "rule_label": ccfg.rule_label,
+        "pool_problems": int(samples[C.PROBLEM_ID].nunique()),
+        "kept_rows": int(len(rows)),
+        "kept_problems": int(rows[C.PROBLEM_ID].nunique()) if len(rows) else 0,
+        "kept_trace_accuracy": float(rows[C.CORRECT].mean()) if len(rows) else float("nan"),
+        "kept_mean_pass_rate": float(rows[C.PASS_RATE].mean()) if len(rows) and C.PASS_RATE in rows else float("nan"),
+        "kept_by_level": ({str(int(k)): int(v) for k, v in rows[C.LEVEL].value_counts().sort_index().items()}
+                          if len(rows) and C.LEVEL in rows and rows[C.LEVEL].notna().any() else {}),
+        "dropped": {str(k): int(v) for k, v in dropped.items()},
+        "generator_noise_rows": int(rows[C.GENERATOR_NOISE].notna().sum()) if len(rows) else 0,
+        "oracle_noise_problems": int(rows.loc[rows[C.ORACLE_NOISE].astype(bool), C.PROBLEM_ID].nunique())
+        if len(rows) else 0,
+    }
+    return rows, summary
+
+
+_POOL_CACHE: dict[tuple[str, str], Any] = {}
+
+
+class TrialContext:
+    """What a trial needs from the driver, read from ``run_dir`` (the config, pool manifest, held-out exclusions)."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = parse_sweep_config(json.loads((self.run_dir / CONFIG_FILE).read_text()))
+        self.manifest = read_manifest(self.run_dir)
+        problems = pool_problems(self.manifest)
+        self.exclude_ids = set(problems["problem_id"])
+        self.exclude_texts = set(problems["problem"])
+
+    def samples(self, generator: str):
+        """The generator's pool table (cached per worker process: consecutive trials reuse it)."""
+        entry = self.manifest["generators"][generator]
+        key = (entry["directory"], entry["fingerprint"])
+        if key not in _POOL_CACHE:
+            if len(_POOL_CACHE) >= 4:
+                _POOL_CACHE.clear()
+            _POOL_CACHE[key] = pool_samples(self.manifest, generator)
+        return _POOL_CACHE[key]
+
+    def threads(self, configured: int | None) -> int:
+        """Torch threads of a trial: the configured number, else its reserved CPUs."""
+        return configured or max(1, int(self.cfg.tune.cpus_per_trial))
+
+    def fingerprint(self, spec: dict[str, Any]) -> str:
+        """Everything a trial's result depends on: the cell, the pool, the configs, the student and the code."""
+        from pipeline.models import model_fingerprint, resolve_model
+
+        if spec.get("fingerprint"):  # computed by the driver: the trial and the results table agree on it
+            return spec["fingerprint"]
+        pool_fp = self.manifest["generators"][spec["generator"]]["fingerprint"]
+        student = model_fingerprint(resolve_model(self.cfg.finetune.student))
+        cell = {k: v for k, v in spec.items() if k not in ("trial_id", "block", "fingerprint")}
+        return io.digest(cell, pool_fp, trial_config_json(self.cfg), student, code_version())
+
+
+def _finished(directory: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The result of a trial (or loop round) that finished in ``directory`` under ``fingerprint``, else None."""
+    path = directory / RESULT_FILE
+    if io.marker_matches(directory, fingerprint) and path.is_file():
+        return json.loads(path.read_text())
+    return None
+
+
+def _save(directory: Path, fingerprint: str, result: dict[str, Any]) -> None:
+    """Mark ``directory`` finished (its scores are written), then write its result file atomically.
+
+    The result file comes last: the results table counts a trial as done by it, so a kill between the two leaves a
+    trial that runs again, never one that counts as done but would be computed again."""
+    io.write_marker(directory, fingerprint)
+    tmp = directory / f".{RESULT_FILE}.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    os.replace(tmp, directory / RESULT_FILE)
+
+
+def _train_and_evaluate(ctx: TrialContext, rows, out_dir: Path, seed: int,
+                        keep_model: bool = False) -> tuple[dict[str, Any], Any]:
+    """Fine-tune the student on ``rows`` (model in ``out_dir/finetune/model``) and evaluate it on the held-out
+    problems; returns (metrics summary, per-problem scores). The model is deleted afterwards unless ``keep_model``
+    or ``tune.keep_models``."""
+    from pipeline import columns as C
+    from pipeline import evaluate as ev
+    from pipeline.finetune import finetune, read_train_stats
+
+    cfg = ctx.cfg
+    if len(rows) == 0:
+        raise RuntimeError("the rule kept no training rows in this cell; it cannot be trained "
+                           "(raise the pool size or keep fraction, or drop the cell from the grid)")
+    fcfg = cfg.finetune.model_copy(update={"threads": ctx.threads(cfg.finetune.threads)})
+    train = [{"prompt": p, "completion": c} for p, c in zip(rows[C.PROBLEM], rows[C.COMPLETION])]
+    model_dir = finetune(fcfg, train, out_dir / "finetune", seed=seed, prompt_cfg=cfg.pool.sample)
+    stats = read_train_stats(out_dir / "finetune")
+    ecfg = cfg.evaluate.model_copy(update={"compare_base": False, "threads": ctx.threads(cfg.evaluate.threads)})
+    metrics = ev.evaluate(ecfg, {"finetuned": (str(model_dir), str(model_dir))}, out_dir / "evaluate",
+                          run_seed=cfg.seed, sample_cfg=cfg.pool.sample, verify_cfg=cfg.pool.verify,
+                          exclude_ids=ctx.exclude_ids, exclude_texts=ctx.exclude_texts)
+    scores = read_scores(out_dir / "evaluate")
+    summary = {
+        "train_loss": stats.get("train_loss"), "optimizer_steps": stats.get("optimizer_steps"),
+        "epochs_seen": stats.get("epochs_seen"), "train_seconds": stats.get("wall_seconds"),
+        "eval_seconds": metrics.get("seconds"), "heldout_problems": metrics["heldout"]["problems"],
+        "metrics": metrics["models"]["finetuned"]["metrics"],
+    }
+    if not (keep_model or cfg.tune.keep_models):
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return summary, scores
+
+
+def run_trial(spec: dict[str, Any], run_dir: str | os.PathLike, report=None) -> dict[str, Any]:
+    """Run one trial (``kind`` grid or loop) or read its cached result; returns its result dict.
+
+    ``report(metrics)`` is called with flat metrics after each evaluation (Tune's ``tune.report`` under Tune).
+    """
+    ctx = TrialContext(run_dir)
+    out_dir = ctx.run_dir / TRIALS_DIR / spec["trial_id"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = ctx.fingerprint(spec)
+    cached = _finished(out_dir, fingerprint)
+    if cached is None:
+        started = time.perf_counter()
+        if spec["kind"] == "loop":
+            result = _run_loop(ctx, spec, out_dir, fingerprint, report)
+        else:
+            result = _run_grid_trial(ctx, spec, out_dir)
+        result.update(fingerprint=fingerprint, seconds=round(time.perf_counter() - started, 1),
+                      computed_at=time.time(), pid=os.getpid(), load_average=os.getloadavg()[0])
+        _save(out_dir, fingerprint, result)
+    else:
+        result = cached
+        result["from_cache"] = True
+    if report is not None:
+        report(flat_metrics(result))
+    return result
+
+
+def _run_grid_trial(ctx: TrialContext, spec: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    from pipeline import columns as C
+
+    samples = ctx.samples(spec["generator"])
+    subset = set(nested_subset(samples[C.PROBLEM_ID], spec["pool_size"], spec["seed"]))
+    pool = samples[samples[C.PROBLEM_ID].isin(subset)].reset_index(drop=True)
+    rows, curation = curate_rows(pool, spec["rule"], spec["keep_fraction"], spec["oracle_noise"],
+                                 spec["generator_noise"], spec["seed"])
+    summary, scores = _train_and_evaluate(ctx, rows, out_dir, spec["seed"])
+    scores.to_parquet(out_dir / SCORES_FILE, index=False)
+    return {"spec": spec, "curation": curation, **summary}
+
+
+def _run_loop(ctx: TrialContext, spec: dict[str, Any], out_dir: Path, fingerprint: str, report) -> dict[str, Any]:
+    """One collapse-loop chain: round 1 curates the pool, round t > 1 curates the round t-1 model's samples."""
+    import pandas as pd
+
+    from pipeline import columns as C
+
+    cfg, loop = ctx.cfg, ctx.cfg.loop
+    rounds: list[dict[str, Any]] = []
+    previous_model: Path | None = None
+    for t in range(1, spec["rounds"] + 1):
+        round_dir = out_dir / round_dirname(t)
+        round_fp = io.digest(fingerprint, t)
+        cached = _finished(round_dir, round_fp)
+        model_dir = round_dir / "finetune" / "model"
+        if cached is not None and (t == spec["rounds"] or model_dir.is_dir()):
+            rounds.append(cached)
+            previous_model = model_dir
+            continue
+        round_dir.mkdir(parents=True, exist_ok=True)
+        seed = loop.seed * 1000 + t
+        if t == 1:
+            samples = ctx.samples(spec["generator"])
+            subset = set(nested_subset(samples[C.PROBLEM_ID], loop.pool_size, loop.seed))
+            data = samples[samples[C.PROBLEM_ID].isin(subset)].reset_index(drop=True)
+            data_source = f"pool:{spec['generator']}"
+        else:
+            data = _student_samples(ctx, previous_model, t, seed)
+            data_source = f"round {t - 1} model"
+        data.drop(columns=[c for c in data.columns if c.startswith("_")]).to_parquet(round_dir / "data.parquet")
+        rows, curation = curate_rows(data, spec["rule"], spec["keep_fraction"], 0.0, 0.0, seed)
+        # The next round samples with this round's model.
+        summary, scores = _train_and_evaluate(ctx, rows, round_dir, seed, keep_model=t < spec["rounds"])
+        scores.to_parquet(round_dir / SCORES_FILE, index=False)
+        entry = {"round": t, "data_source": data_source, "data_trace_accuracy": float(data[C.CORRECT].mean()),
+                 "curation": curation, **summary, "fingerprint": round_fp}
+        _save(round_dir, round_fp, entry)
+        rounds.append(entry)
+        previous_model = model_dir
+        if report is not None and t < spec["rounds"]:
+            report(flat_metrics({"spec": spec, **entry}))
+    # The chain's rounds, plus the scores of its last round as the trial's scores.
+    last = out_dir / round_dirname(spec["rounds"]) / SCORES_FILE
+    pd.read_parquet(last).to_parquet(out_dir / SCORES_FILE, index=False)
+    if not cfg.tune.keep_models:
+        for t in range(1, spec["rounds"] + 1):
+            shutil.rmtree(out_dir / round_dirname(t) / "finetune" / "model", ignore_errors=True)
+    return {"spec": spec, "rounds": rounds, **{k: v for k, v in rounds[-1].items() if k not in ("round",)}}
+
+
+def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int, seed: int):
+    """Fresh problems (none of them held out) sampled k times by ``model_dir``, verified and scored."""
+    import pandas as pd
+
+    from pipeline import columns as C
+    from pipeline.evaluate import HELDOUT_SEED_OFFSET, generate_and_verify, heldout_problems
+    from stages.difficulty import problem_stats
+    from stages.source import SourceStage
+    from stages.verify import VerifyStage
+
+    cfg, loop = ctx.cfg, ctx.cfg.loop
+    if model_dir is None or not model_dir.is_dir():
+        raise RuntimeError(f"loop round {round_index}: the previous round's model is missing; rerun the sweep")
+    held = heldout_problems(cfg.evaluate, cfg.seed, ctx.exclude_ids, ctx.exclude_texts)
+    held_ids = {r[C.PROBLEM_ID] for r in held.rows}
+    source_seed = cfg.seed + HELDOUT_SEED_OFFSET * 2 + 7919 * round_index
+    want = loop.pool_size
+    source_cfg = cfg.pool.source.model_copy(update={"seed": source_seed, "split": f"loop_round_{round_index}"})
+    if source_cfg.n is not None:
+        source_cfg = source_cfg.model_copy(update={"n": max(source_cfg.n, want + len(held_ids))})
+    problems = []
+    for batch in SourceStage(source_cfg, seed=source_seed).read():
+        for i in range(len(batch[C.PROBLEM_ID])):
+            row = {k: v[i] for k, v in batch.items()}
+            if row.pop(C.REJECT_REASON) is None and row[C.PROBLEM_ID] not in held_ids:
+                problems.append(row)
+    problems = problems[:want]
+    sample_cfg = cfg.pool.sample.model_copy(update={
+        "k": loop.k, "seed": seed, "threads": ctx.threads(cfg.pool.sample.threads), "rounds": None, "cache_dir": None,
+    })
+    rows = generate_and_verify(str(model_dir), str(model_dir), problems, sample_cfg, VerifyStage(cfg.pool.verify),
+                               cfg.evaluate.batch_size, seed)
+    frame = pd.DataFrame(rows)
+    stats = problem_stats(frame[C.PROBLEM_ID], frame[C.MODEL_ID], frame[C.CORRECT], frame[C.FINISH_REASON],
+                          cfg.pool.difficulty)
+    for col in (C.PASS_RATE, C.N_SAMPLES, C.N_CORRECT, C.CI_LOW, C.CI_HIGH):
+        frame[col] = [stats[(p, m)][col] for p, m in zip(frame[C.PROBLEM_ID], frame[C.MODEL_ID])]
+    return frame
+
+
+# -- flat metrics (Tune's table) -------------------------------------------------------------------------------------
+
+
+def flat_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The scalar metrics of a trial result, as Tune's result table holds them."""
+    out: dict[str, Any] = {}
+    metrics = result.get("metrics") or {}
+    headline = "greedy_accuracy" if "greedy_accuracy" in metrics else next(iter(metrics), None)
+    if headline:
+        for group, entry in metrics[headline].items():
+            key = "overall" if group == "overall" else f"L{group}"
+            out[f"accuracy_{key}"] = entry["value"]
+            out[f"accuracy_{key}_low"] = entry["ci_low"]
+            out[f"accuracy_{key}_high"] = entry["ci_high"]
+    curation = result.get("curation") or {}
+    for key in ("kept_rows", "kept_problems", "kept_trace_accuracy"):
+        if key in curation:
+            out[key] = curation[key]
+    for key in ("train_loss", "epochs_seen", "seconds", "round"):
+        if result.get(key) is not None:
+            out[key] = result[key]
+    return out
+
+
+# -- Tune ------------------------------------------------------------------------------------------------------------
+
+
+def tune_trainable(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: one trial, reported through ``tune.report``."""
+    from ray import tune
+
+    run_trial(config["trial"], config["run_dir"], report=tune.report)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.config["trial"]["trial_id"]
+
+
+def run_trials(cfg: SweepConfig, specs: list[dict[str, Any]], console=None):
+    """Run the trials under Ray Tune, resuming the experiment when it exists; returns Tune's ResultGrid."""
+    from ray import tune
+
+    from pipeline.cluster import connect
+
+    connect(cfg.ray)
+    run_dir = cfg.resolved_run_dir
+    storage = run_dir / TUNE_DIR
+    name = f"trials-{io.digest([s['trial_id'] for s in specs], [s.get('fingerprint') for s in specs], length=12)}"
+    resources = {"cpu": cfg.tune.cpus_per_trial}
+    if cfg.tune.gpus_per_trial:
+        resources["gpu"] = cfg.tune.gpus_per_trial
+    trainable = tune.with_resources(tune_trainable, resources)
+    path = storage / name
+    if tune.Tuner.can_restore(str(path)):
+        if console is not None:
+            console.print(f"[bold]tune[/]: resuming {path} (finished trials are read back)")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(specs), "run_dir": str(run_dir)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                                        reuse_actors=cfg.tune.reuse_actors, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)),
+        )
+    return tuner.fit()
+
+
+def results_table(specs: list[dict[str, Any]], grid, run_dir: str | os.PathLike,
+                  errors: dict[str, str] | None = None):
+    """One row per trial: its cell, status (ok / error / missing), the error text, and its flat metrics.
+
+    ``grid`` is Tune's ResultGrid (or any iterable of objects with ``config``, ``metrics`` and ``error``; None when
+    nothing ran). A trial is ``ok`` when its result file exists under the current fingerprint; trials Tune reports as
+    errored keep their error, and ``errors`` (trial id -> text) adds errors known from an earlier run.
+    """
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    errors = dict(errors or {})
+    for result in grid or ():
+        config = getattr(result, "config", None) or {}
+        tid = (config.get("trial") or {}).get("trial_id")
+        if tid and getattr(result, "error", None) is not None:
+            errors[tid] = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:400]}"
+    rows = []
+    for spec in specs:
+        row = {k: spec.get(k) for k in ("trial_id", "kind", "block", "generator", "pool_size", "rule",
+                                        "keep_fraction", "oracle_noise", "generator_noise", "seed")}
+        path = run_dir / TRIALS_DIR / spec["trial_id"] / RESULT_FILE
+        result = json.loads(path.read_text()) if path.is_file() else None
+        if result is not None and result.get("fingerprint") == spec.get("fingerprint"):
+            row.update(status="ok", error=None, **flat_metrics(result))
+        else:
+            row.update(status="error" if spec["trial_id"] in errors else "missing",
+                       error=errors.get(spec["trial_id"], "no result: the trial did not finish"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+

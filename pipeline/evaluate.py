@@ -310,7 +310,8 @@ def _sample_config(cfg: EvaluateConfig, sample_cfg, *, greedy: bool, seed: int, 
     from stages.sample import SampleSettings
 
     # The run's sampling settings without its workers' resources: evaluation samples in this process.
-    base = SampleSettings.model_validate(sample_cfg.model_dump(exclude={"resources"})) if sample_cfg else SampleSettings()
+    base = (SampleSettings.model_validate(sample_cfg.model_dump(exclude={"resources"})) if sample_cfg
+            else SampleSettings())
     threads = cfg.threads or os.cpu_count() or 1
     update = {
         "k": 1 if greedy else cfg.n, "temperature": 0.0 if greedy else cfg.temperature,

@@ -134,9 +134,9 @@ def _evaluate_step(cfg: RunConfig, result, model_dir: Path | None, console) -> P
     if ec.model:
         models[ec.model if ec.model not in models else "model"] = (ec.model, resolve_model(ec.model))
     sample_cfg, verify_cfg = cfg.stage("sample"), cfg.stage("verify")
+    verify_settings = verify_cfg.model_dump(mode="json", exclude={"resources"}) if verify_cfg else None
     fp = io.digest(config_json(ec), cfg.seed, {k: model_fingerprint(p) for k, (_, p) in models.items()},
-                   _prompt_settings(cfg), verify_cfg.model_dump(mode="json", exclude={"resources"}) if verify_cfg else None,
-                   result.stages[0].fingerprint, io.code_hash(ev))
+                   _prompt_settings(cfg), verify_settings, result.stages[0].fingerprint, io.code_hash(ev))
     metrics_path = out_dir / "metrics.json"
     if io.marker_matches(out_dir, fp) and metrics_path.is_file():
         console.print(f"[dim]{EVALUATE_DIR}: up to date, skipped[/]")

@@ -57,8 +57,9 @@ class SourceConfig(StageConfig):
 
 def refuse_keys(block: SourceConfig, keys: tuple[str, ...], why: str) -> SourceConfig:
     """For source blocks nested elsewhere (held-out problems, decontamination sets): a key set there that the block's
-    user ignores is an error, not a knob that silently does nothing."""
-    given = [k for k in keys if k in block.model_fields_set]
+    user ignores is an error, not a knob that silently does nothing. A key at its default passes, so a config that was
+    dumped and read back (a run's config.yaml, a sweep's saved config) still loads."""
+    given = [k for k in keys if getattr(block, k) != type(block).model_fields[k].default]
     if given:
         raise ValueError(f"{', '.join(given)}: {why}; remove it")
     return block

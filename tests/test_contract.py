@@ -129,3 +129,18 @@ def test_sample_workers_get_their_cpus_from_the_run_context(toy_test_model: str)
     cfg = SampleConfig(model=toy_test_model)
     prepared = SampleStage.prepare(cfg, "", RunContext(run_dir=".", num_cpus=3))
     assert prepared["threads"] == 3
+
+
+def test_every_shipped_config_reads_back_from_what_it_writes():
+    """A run writes its resolved config (config.yaml) and a sweep its config JSON; both must load again unchanged."""
+    from pipeline.config import load_config
+    from pipeline.sweep.config import load_sweep_config, parse_sweep_config
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if path.name.startswith("phase_"):
+            cfg = load_sweep_config(path)
+            assert parse_sweep_config(json.loads(json.dumps(cfg.model_dump(mode="json")))) == cfg, path
+        else:
+            cfg = load_config(path)
+            written = yaml.safe_dump(cfg.to_yaml_dict(), sort_keys=False)  # as the runner writes config.yaml
+            assert parse_config(yaml.safe_load(written)) == cfg, path

@@ -144,7 +144,7 @@ def test_lessmore_validate_exits_2_naming_the_field(verify, tmp_path, capsys):
         "source": {"kind": "reasoning_gym", "task": "basic_arithmetic", "n": 4}, "sample": {}, "verify": verify}}))
     assert main(["validate", str(config)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: stages.verify.options:") and err.count("\n") == 1
+    assert err.startswith("error: stages.verify.options.") and err.count("\n") == 1
     assert "task: 'countdown' is not an allowed reasoning-gym task" in err and "set task to one of" in err
 
 

@@ -1,0 +1,209 @@
+"""The calibrated theory at the sweep's cells: the predicted error of every cell in the measured units, the theory's
+keep fraction of a pipeline cell, and the predicted phase map behind the overlay figure.
+
+Label-agnostic rules (``all``, ``random``, ``keep_hard``, ``keep_easy``) are the theory's own
+(``pipeline.theory.asymptotic_error``). The pipeline's label-aware rules are not: they rank by the difficulty oracle
+but keep only traces the *verifier* accepts, and the verifier checks the reference answer (the truth), not the oracle;
+and they keep p * n problems *after* that filter, where the theory's p is the fraction kept before it. Their
+prediction (:func:`verified_error`) evaluates theory.md §2.3 (the ridge fit profiled onto a low-dimensional subspace,
+any keep rule) in the three directions (w*, w_g, w_o), with the kept-example moments integrated numerically on a
+fixed quasi-random Gaussian sample, so every report gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.sweep.calibrate import Calibration, from_theory
+
+# pipeline rule -> (theory rule, correctness filter): None label-agnostic, "truth" the verifier of the pipeline
+THEORY_RULES = {
+    "all": ("all", None), "random": ("random", None), "keep_hard": ("keep_hard", None),
+    "keep_easy": ("keep_easy", None), "correct_only": ("all", "truth"),
+    "keep_hard_correct": ("keep_hard", "truth"), "keep_easy_correct": ("keep_easy", "truth"),
+}
+N_OVER_D_SCAN = tuple(float(x) for x in np.geomspace(0.5, 1000.0, 40))  # where "anywhere" looks without a d_eff
+
+
+@functools.lru_cache(maxsize=1)
+def _normals() -> np.ndarray:
+    """2^17 scrambled-Sobol points mapped to N(0, I_3) (fixed seed: the same integrals on every run)."""
+    from scipy.stats import qmc
+    from scipy.special import ndtri
+
+    u = qmc.Sobol(d=3, scramble=True, seed=20240611).random_base2(17)
+    return ndtri(np.clip(u, 1e-12, 1 - 1e-12))
+
+
+@functools.lru_cache(maxsize=4096)
+def _moments(rho: float, rho_star: float, rho_g: float, rule: str, fraction: float, filter_by: str | None,
+             budget: str):
+    """Kept-example moments in the (w*, w_g, w_o) coordinates: (kept, Sigma, c, w*, theory p)."""
+    gram = np.array([[1.0, rho, rho_star], [rho, 1.0, rho_g], [rho_star, rho_g, 1.0]])
+    vals, vecs = np.linalg.eigh(gram)
+    frame = vecs * np.sqrt(np.clip(vals, 0.0, None))  # rows: w*, w_g, w_o in an orthonormal basis
+    z = _normals()
+    t = z @ frame.T
+    y = np.where(t[:, 1] >= 0, 1.0, -1.0)
+    if filter_by is None:
+        accept = np.ones(len(z), bool)
+    else:
+        other = t[:, 0] if filter_by == "truth" else t[:, 2]
+        accept = y == np.where(other >= 0, 1.0, -1.0)
+    weight = accept.astype(float)
+    p_theory = 1.0
+    if rule in ("keep_hard", "keep_easy"):
+        order = np.argsort(np.abs(t[:, 2]) * (1.0 if rule == "keep_hard" else -1.0), kind="stable")
+        if budget == "after":  # the pipeline: the first fraction * N *accepted* examples in difficulty order
+            cum = np.cumsum(accept[order])
+            want = fraction * len(z)
+            cut = int(np.searchsorted(cum, want)) + 1 if cum[-1] > want else len(z)
+        else:  # the theory: the first fraction * N examples, then the filter
+            cut = int(round(fraction * len(z)))
+        chosen = np.zeros(len(z), bool)
+        chosen[order[:cut]] = True
+        weight = weight * chosen
+        p_theory = cut / len(z)
+    elif rule == "random":
+        weight = weight * fraction
+        p_theory = fraction
+    weight = weight / len(z)
+    sigma = (z * weight[:, None]).T @ z
+    c = z.T @ (weight * y)
+    return float(weight.sum()), sigma, c, frame[0], p_theory
+
+
+def _profiled_error(phi, lam: float, moments) -> np.ndarray:
+    """theory.md §2.3: the ridge fit in the low-dimensional span plus the bulk it leaks into (vectorised over phi)."""
+    from pipeline.theory import model as theory
+
+    kept, sigma, c, target, _ = moments
+    phi = np.atleast_1d(np.asarray(phi, dtype=float))
+    if kept <= 1e-12:
+        return np.full(phi.shape, 0.5)
+    m, dm = theory.deformed_mp(phi, kept, lam)
+    out = np.empty(phi.shape)
+    for i, (ph, mi, dmi) in enumerate(zip(phi, m, dm)):
+        kappa = 1.0 / (1.0 + ph * mi)
+        a = kappa * np.linalg.solve(kappa * sigma + lam * np.eye(3), c)
+        residual = kept - 2.0 * a @ c + a @ sigma @ a
+        bulk = max(residual, 0.0) * ph / kept * (mi - lam * dmi)
+        cos = (a @ target) / math.sqrt(a @ a + bulk)
+        out[i] = math.acos(min(max(cos, -1.0), 1.0)) / math.pi
+    return out
+
+
+def verified_error(phi, rho, rho_star, rho_g, rule, fraction, lam, filter_by="truth", budget="after"):
+    """Predicted test error (theory units) of a rule whose correctness filter is ``filter_by`` (``truth``: the
+    pipeline's verifier; ``oracle``: the theory's label-aware rule; None: no filter) and whose budget keeps
+    ``fraction`` of the pool ``after`` the filter (the pipeline) or ``before`` it (the theory's p). Vectorised over
+    phi = d / n. Returns (errors, the theory's keep fraction before the filter)."""
+    moments = _moments(round(float(rho), 9), round(float(rho_star), 9), round(float(rho_g), 9), rule,
+                       round(float(fraction), 9), filter_by, budget)
+    return _profiled_error(phi, lam, moments), moments[4]
+
+
+class Predictor:
+    """The calibrated theory, per variant, at any (n, rule, p, eta): errors in the measured units."""
+
+    def __init__(self, cal: Calibration) -> None:
+        self.cal = cal
+
+    def theory_errors(self, variant, n_over_d, rule: str, p: float, eta: float = 0.0, lam: float | None = None):
+        """Predicted errors in theory units over an array of n/d; NaN where the variant is not calibrated."""
+        from pipeline.theory import model as theory
+
+        vc = self.cal.variants.get(tuple(variant))
+        phi = 1.0 / np.atleast_1d(np.asarray(n_over_d, dtype=float))
+        if vc is None:
+            return np.full(phi.shape, np.nan)
+        lam = lam if lam is not None else vc.lam
+        rho, rho_star, rho_g = vc.geometry(eta)
+        base, filter_by = THEORY_RULES[rule]
+        p = 1.0 if base == "all" else float(p)
+        if filter_by is None:
+            return np.atleast_1d(theory.asymptotic_error_array(phi, rho, rho_star, rho_g, base, p, lam))
+        return verified_error(phi, rho, rho_star, rho_g, base, p, lam, filter_by)[0]
+
+    def error(self, variant, n: int, rule: str, p: float, eta: float = 0.0, lam: float | None = None) -> float:
+        """Predicted error of a cell in the measured units (NaN without a calibrated d_eff)."""
+        vc = self.cal.variants.get(tuple(variant))
+        if vc is None or vc.dim is None:
+            return float("nan")
+        return float(from_theory(self.theory_errors(variant, n / vc.dim, rule, p, eta, lam)[0], self.cal.task))
+
+    def key_error(self, key: tuple, lam: float | None = None) -> float:
+        """Predicted error of a cell key (generator, eps, n, rule, p, eta) in the measured units."""
+        return self.error(key[:2], key[2], key[3], key[4], key[5], lam)
+
+    def p_theory(self, variant, rule: str, p: float, eta: float = 0.0) -> float:
+        """The theory's keep fraction of a pipeline cell: p itself for label-agnostic rules; for label-aware ones
+        the fraction kept by difficulty before the correctness filter that leaves p * n problems after it."""
+        vc = self.cal.variants.get(tuple(variant))
+        base, filter_by = THEORY_RULES[rule]
+        if base == "all":
+            return 1.0
+        if filter_by is None or vc is None:
+            return float(p) if filter_by is None else float("nan")
+        rho, rho_star, rho_g = vc.geometry(eta)
+        return float(verified_error([1.0], rho, rho_star, rho_g, base, p, vc.lam, filter_by)[1])
+
+    def largest_gain(self, variant, rule: str, ps, eta: float = 0.0) -> tuple[float, float, float]:
+        """Without a d_eff: the largest predicted E(1) - E(best p < 1) over n/d in N_OVER_D_SCAN, in measured units,
+        with the n/d and p where it occurs."""
+        ratios = []
+        for p in ps:
+            base = self.theory_errors(variant, N_OVER_D_SCAN, family_all(rule), 1.0, eta)
+            ratios.append(base - self.theory_errors(variant, N_OVER_D_SCAN, rule, p, eta))
+        gains = from_theory(np.array(ratios), self.cal.task)
+        i, j = np.unravel_index(int(np.nanargmax(gains)), gains.shape)
+        return float(gains[i, j]), float(N_OVER_D_SCAN[j]), float(ps[i])
+
+
+def family_all(rule: str) -> str:
+    """The p = 1 rule of a rule's family (``correct_only`` for label-aware rules, ``all`` otherwise)."""
+    return "correct_only" if THEORY_RULES[rule][1] else "all"
+
+
+@dataclass
+class Overlay:
+    """The calibrated theory's keep-hard map over (pool size, rho) for the overlay figure."""
+
+    pool_sizes: np.ndarray
+    rho: np.ndarray
+    ratio: np.ndarray  # E(best p)/E(1)
+    ratio_vs_baseline: np.ndarray  # E(best p) / min(E(1), E(best random))
+    best_p: np.ndarray
+    dim: float
+    lam: float
+    oracle: str
+
+
+def overlay(cal: Calibration, sizes) -> Overlay | None:
+    """keep_hard's predicted map around the measured generators and sizes, at the strongest calibrated variant's
+    d_eff, lambda and oracle (the oracle is the generator when rho_g = 1, else at its rho* with orthogonal errors)."""
+    from pipeline.theory import model as theory
+
+    usable = [vc for vc in cal.variants.values() if vc.dim is not None]
+    if not usable or not len(sizes):
+        return None
+    ref = max(usable, key=lambda vc: vc.rho)
+    rhos = [vc.rho for vc in usable]
+    span = max(max(rhos) - min(rhos), 0.05)
+    rows = np.linspace(max(0.05, min(rhos) - 0.5 * span), min(1.0, max(rhos) + 0.5 * span), 30)
+    pool = np.geomspace(min(sizes) / 2, max(sizes) * 2, 30)
+    same = ref.rho_g >= 1 - 1e-9
+    ratio, vs_base, best = (np.full((len(rows), len(pool)), np.nan) for _ in range(3))
+    for i, rho in enumerate(rows):
+        rho_star = rho if same else ref.rho_star
+        rho_g = 1.0 if same else rho * rho_star
+        grid = theory.phase_grid(rho_star=rho_star, lam=ref.lam, n_over_d=pool / ref.dim, rho=[rho], rho_g=[rho_g],
+                                 rules=("keep_hard", "random"))
+        ratio[i], best[i] = grid.ratio["keep_hard"][0], grid.best_p["keep_hard"][0]
+        vs_base[i] = grid.best_error["keep_hard"][0] / np.minimum(grid.full_error[0], grid.best_error["random"][0])
+    oracle = "the generator (rho_g = 1)" if same else f"rho* {ref.rho_star:.3f}, errors orthogonal"
+    return Overlay(pool, rows, ratio, vs_base, best, ref.dim, ref.lam, oracle)

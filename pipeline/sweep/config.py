@@ -191,7 +191,7 @@ class ReportSettings(Frozen):
         "with the problems' levels.",
     )
     lam: float = Field(1e-3, gt=0, description="Ridge penalty of the theory's learner where the learning curve "
-                       "cannot fit it, and the second penalty every prediction is shown at.")
+                       "cannot fit it, and the second penalty the report shows keep_hard's prediction at.")
     small_n_over_d: float = Field(2.0, gt=0, description="Prediction (ii) looks only at pool sizes with "
                                   "n / d_eff at most this.")
     small_keep_fraction: float = Field(0.1, gt=0, le=1, description="Prediction (i)'s secondary, LIMO/s1-style "

@@ -163,10 +163,15 @@ def verdict_i(j: Judge) -> dict[str, Any]:
                 p_meas = min(ps, key=lambda p: (meas.error(keys[p])[0], -p))
                 m_all = meas.difference(keys[p_meas], base)
                 m_random = meas.difference(keys[p_meas], (variant[0], variant[1], n, "random", p_meas, 0.0))
-                ok = p_meas <= 0.5 and m_all[2] < 0 and m_random[2] < 0
+                # The measured best p must not be a cell where the theory predicts a resolvable loss to p = 1:
+                # a "win" there contradicts the theory, whatever the predicted best p did.
+                at_meas = _compare(meas, pred, keys[p_meas], base)
+                contradicted = at_meas["predicted"] > at_meas["width"]
+                ok = p_meas <= 0.5 and m_all[2] < 0 and m_random[2] < 0 and not contradicted
                 text = (f"{variant[0]} n={n} {rule}: predicted p* {p_pred:g} ({vs_all['predicted']:+.3f} vs p = 1, "
                         f"{vs_random['predicted']:+.3f} vs random); measured p* {p_meas:g}, E - E(1) {fmt_ci(m_all, True)}, "
-                        f"E - E(random) {fmt_ci(m_random, True)}")
+                        f"E - E(random) {fmt_ci(m_random, True)}"
+                        + (f", where the theory predicts {at_meas['predicted']:+.3f} vs p = 1" if contradicted else ""))
                 judged.append(_cell(variant, n, rule, p_meas, "agrees" if ok else "disagrees", text=text,
                                     predicted_best_p=p_pred, measured_minus_p1=m_all, measured_minus_random=m_random))
                 if not ok:

@@ -226,7 +226,8 @@ def test_in_regime_but_oracle_is_the_generator_the_theory_predicts_nothing_resol
     cells = [(g, n, r, p, 0.0, (0,)) for g in ("weak", "strong") for n, r, p in
              ((300, "all", 1.0), (3000, "all", 1.0), (3000, "keep_hard", 0.3), (3000, "random", 0.3))]
     _, verdicts, cal = _report(tmp_path, toy_sweep(tmp_path, helpful_world, cells, student_accuracy=0.3))
-    assert cal["generators"]["strong"]["gate"]["outcome"] == "in regime" and cal["generators"]["strong"]["d_eff"] is None
+    strong = cal["generators"]["strong"]
+    assert strong["gate"]["outcome"] == "in regime" and strong["d_eff"] is None
     assert verdicts["i"]["verdict"] == UNTESTABLE
     assert "the theory predicts no less-is-more here" in verdicts["i"]["evidence"]
     assert not any(v["verdict"] == CONSISTENT for v in verdicts.values())
@@ -261,6 +262,7 @@ def test_the_machine_readable_files_have_the_required_columns_and_keys(tmp_path)
             assert key in g, key
         for key in ("outcome", "reference_error", "p1_error", "difference"):
             assert key in g["gate"], key
+        assert len(g["gate"]["reference_error"]) == 3 and len(g["gate"]["p1_error"]) == 3  # with intervals
     cells_csv = pd.read_csv(path.parent / "cells.csv")
     assert {"predicted_error", "p_theory", "error_overall"} <= set(cells_csv.columns)
 

@@ -26,6 +26,7 @@ LABEL_AWARE = {"correct_only": ("all", "truth"), "keep_hard_correct": ("keep_har
 
 
 def _cfg(tmp_path: Path, generators, loop=None, **report):
+    """A sweep config for a synthetic run directory (the report reads only its report and loop blocks)."""
     return parse_sweep_config({
         "name": "synthetic", "output_root": str(tmp_path),
         "pool": {"source": {"kind": "toyworld", "n": 100000},
@@ -48,10 +49,11 @@ def _row(spec, **extra):
     return {**spec, "trial_id": trial_id(spec), "status": "ok", "error": None, **extra}
 
 
-def linear_sweep(tmp_path, generators, cells, offset=0.0, noise=0.0):
+def linear_sweep(tmp_path, generators, cells, offset=0.0, noise=0.0, loop=None, loop_errors=None):
     """A linear-world run directory: trial results carry exact_error and the world's fields, no scores, no
-    untouched student. ``generators``: name -> (rho, rho_star, rho_g); ``cells``: (generator, n, rule, p)."""
-    cfg = _cfg(tmp_path, generators)
+    untouched student. ``generators``: name -> (rho, rho_star, rho_g); ``cells``: (generator, n, rule, p);
+    ``loop_errors``: rule -> exact error per round of a collapse loop."""
+    cfg = _cfg(tmp_path, generators, loop)
     run_dir = cfg.resolved_run_dir
     rows = []
     for gen, n, rule, p in cells:
@@ -66,6 +68,16 @@ def linear_sweep(tmp_path, generators, cells, offset=0.0, noise=0.0):
         (run_dir / TRIALS_DIR / tid).mkdir(parents=True)
         (run_dir / TRIALS_DIR / tid / RESULT_FILE).write_text(json.dumps(result))
         rows.append(_row(spec, kept_rows=int(round(n * p)), kept_problems=int(round(n * p))))
+    for rule, errors in (loop_errors or {}).items():
+        spec = {"kind": "loop", "rule": rule, "generator": cfg.loop_generator, "pool_size": cfg.loop.pool_size,
+                "keep_fraction": cfg.loop.keep_fraction, "oracle_noise": 0.0, "generator_noise": 0.0, "seed": 0,
+                "block": "loop"}
+        rounds = [{"round": t, "exact_error": e, "data_source": "pool", "curation": {"kept_rows": 100,
+                                                                                    "kept_trace_accuracy": 1.0}}
+                  for t, e in enumerate(errors, 1)]
+        (run_dir / TRIALS_DIR / trial_id(spec)).mkdir(parents=True)
+        (run_dir / TRIALS_DIR / trial_id(spec) / RESULT_FILE).write_text(json.dumps({"rounds": rounds}))
+        rows.append(_row(spec))
     manifest = {"generators": {g: {"model": "linear", "trace_accuracy": 1 - math.acos(r[0]) / math.pi}
                                for g, r in generators.items()}}
     return cfg, pd.DataFrame(rows), manifest, {"models": {}}
@@ -99,7 +111,7 @@ def test_the_theorys_corner_is_consistent_for_i_and_the_calibration_recovers_the
     assert g["rho_source"].startswith("the trial results")
     assert all(v["verdict"] != INCONSISTENT for v in verdicts.values())
     text = path.read_text()
-    assert "| (i) |" in text and "compares `all` at the largest pool with the chance" in text
+    assert "| (i) |" in text and "compares `all` at the largest pool with chance (error 0.5)" in text
     for name in ("theory_overlay.png", "learning_curve.png", "phase_diagram.png"):
         assert (path.parent / name).stat().st_size > 0, name
 
@@ -189,3 +201,21 @@ def test_iii_flips_where_the_theory_predicts_a_flip(tmp_path):
     assert verdicts["iii"]["verdict"] in (CONSISTENT, UNTESTABLE), verdicts["iii"]["evidence"]
     if verdicts["iii"]["verdict"] == UNTESTABLE:
         pytest.skip("no resolvable flip on this grid: " + verdicts["iii"]["evidence"][:300])
+
+
+@pytest.mark.parametrize("rounds, flip, expected", [(6, False, CONSISTENT), (6, True, INCONSISTENT),
+                                                    (2, False, UNTESTABLE)])
+def test_v_needs_four_rounds_and_follows_the_theorys_loop(tmp_path, rounds, flip, expected):
+    # theory.md §3a: rho = 0.95, a near-perfect verifier, n/d = 10: all-data collapses, keep-hard-and-valid improves.
+    gens = {"g": (0.95, 0.99, 0.95 * 0.99)}
+    loop = theory.collapse_loop(0.95, 0.9999, 10.0, LAM, 0.3, rounds, rules=[("all", False), ("keep_hard", True)])
+    errors = {"all": loop.errors["all"][1:], "keep_hard_correct": loop.errors["keep_hard+correct"][1:]}
+    if flip:  # a world where all-data improves over the rounds: the theory's loop is contradicted
+        errors["all"] = errors["all"][::-1]
+    built = linear_sweep(tmp_path, gens, [("g", n, "all", 1.0) for n in (300, 1000)],
+                         loop={"rounds": rounds, "pool_size": 1000, "rules": ["all", "keep_hard_correct"],
+                               "keep_fraction": 0.3}, loop_errors={k: list(v) for k, v in errors.items()})
+    _, verdicts, _ = report(tmp_path, built)
+    assert verdicts["v"]["verdict"] == expected, verdicts["v"]["evidence"]
+    if rounds < 4:
+        assert "needs 4 or more" in verdicts["v"]["evidence"]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.sweep.measure import Measurements, fmt_ci
+from pipeline.sweep.measure import Measurements, bootstrap_mean, fmt_ci, named_rng
 
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the ridge penalties the learning-curve fit chooses among
 MIN_CURVE_SIZES = 4
@@ -134,7 +134,8 @@ class VariantCalibration:
             gate = self.gate
             if "difference" not in gate:
                 return f"{gate.get('outcome', 'gate unknown')}: {gate.get('reason', '')}".rstrip(": ")
-            return (f"{gate['outcome']}: `all` at n = {gate['pool_size']} minus the {gate['reference']} is "
+            versus = "the untouched student" if gate["reference"] == "untouched student" else "chance (0.5)"
+            return (f"{gate['outcome']}: `all` at n = {gate['pool_size']} minus {versus} is "
                     f"{fmt_ci(tuple(gate['difference']), True)} in error")
         if self.fit is not None and not self.fit["fit_ok"]:
             return ("the theory's learning curve does not fit the measured random curve (a point is missed by "
@@ -226,7 +227,7 @@ def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=N
         vc.gate = _gate(meas, variant, reference_correct)
         variants[variant] = vc
     _share_dimension(variants, notes)
-    reference = "untouched student" if reference_correct is not None else "chance (error 0.5)"
+    reference = "the untouched student" if reference_correct is not None else "chance (error 0.5)"
     if reference_correct is None:
         notes.append("no untouched student was evaluated (a linear world has none): the regime gate compares "
                      "training on everything at the largest pool with chance, error 0.5")
@@ -311,7 +312,7 @@ def _fit_dimension(meas: Measurements, vc: VariantCalibration, task: str, world_
 def _share_dimension(variants: dict, notes: list[str]) -> None:
     """d_eff belongs to the student and the task, not the generator: a variant without a fit borrows the best fit."""
     fitted = [v for v in variants.values() if v.dim is not None and v.fit and v.fit["fit_ok"]]
-    if not fitted:
+    if not fitted or all(v.dim is not None for v in variants.values()):
         return
     donor = max(fitted, key=lambda v: (len(v.fit["sizes"]), -v.fit["rmse"]))
     for vc in variants.values():
@@ -332,13 +333,16 @@ def _gate(meas: Measurements, variant, reference_correct) -> dict[str, Any]:
     gate: dict[str, Any] = {"pool_size": key[2], "rule": "all", "p1_error": list(p1)}
     if reference_correct is not None and meas.cells[key].exact is None:
         diff = meas.versus(key, reference_correct)
-        student = 1.0 - float(np.nanmean(reference_correct))
-        gate.update(reference="untouched student", reference_error=student, difference=list(diff))
+        acc = bootstrap_mean(np.asarray(reference_correct, dtype=float)[None, :], meas.resamples, meas.confidence,
+                             named_rng("untouched student"))
+        student = (1.0 - acc[0], 1.0 - acc[2], 1.0 - acc[1])
+        gate.update(reference="untouched student", reference_error=list(student), difference=list(diff))
         ok = diff[2] < 0
         gate["reason"] = (f"all at n = {key[2]}: error {fmt_ci(p1)} against the untouched student's "
-                          f"{student:.3f} (paired difference {fmt_ci(diff, True)})")
+                          f"{fmt_ci(student)} (paired difference {fmt_ci(diff, True)})")
     else:
-        gate.update(reference="chance", reference_error=0.5, difference=[p1[0] - 0.5, p1[1] - 0.5, p1[2] - 0.5])
+        gate.update(reference="chance", reference_error=[0.5, 0.5, 0.5],
+                    difference=[p1[0] - 0.5, p1[1] - 0.5, p1[2] - 0.5])
         ok = p1[2] < 0.5
         gate["reason"] = f"all at n = {key[2]}: error {fmt_ci(p1)} against chance (0.5)"
     gate["outcome"] = "in regime" if ok else "not in regime"

@@ -39,7 +39,8 @@ def markdown(cfg, table, manifest, reference, timing, meas, cal, pred, cells, gr
         + (f" (at least +-{meas.resolution:g} over exact errors)" if meas.exact else "")
         + "; differences are paired. Error = 1 - accuracy.")
     if timing:
-        parts += ["", f"Time: {timing.get('total_seconds', '?')} s before this report (pool {timing.get('pool_seconds')} s, "
+        parts += ["", f"Time: {timing.get('total_seconds', '?')} s before this report "
+                  f"(pool {timing.get('pool_seconds')} s, "
                   f"reference {timing.get('reference_seconds')} s, trials {timing.get('trial_seconds')} s); "
                   f"load average before/after: {timing.get('load_average_before')} / "
                   f"{timing.get('load_average_after')} on {timing.get('cpus')} CPUs."]
@@ -52,7 +53,7 @@ def markdown(cfg, table, manifest, reference, timing, meas, cal, pred, cells, gr
 
     parts += ["", "## Calibration and the regime gate", "",
               f"Accuracy map in use: `{cal.task}` (open_ended: rho = cos(pi (1 - a) / 2), errors halved; binary: "
-              f"rho = cos(pi (1 - a))). The gate compares `all` at the largest pool with the {cal.reference}.", ""]
+              f"rho = cos(pi (1 - a))). The gate compares `all` at the largest pool with {cal.reference}.", ""]
     rows = []
     for v in quality_order(meas, cal):
         vc = cal.variants.get(v)
@@ -76,7 +77,8 @@ def markdown(cfg, table, manifest, reference, timing, meas, cal, pred, cells, gr
     rows = []
     for name, g in manifest.get("generators", {}).items():
         by_level = " ".join(f"L{k}:{v:.2f}" for k, v in (g.get("trace_accuracy_by_level") or {}).items())
-        rows.append([name, f"`{g.get('model')}`", g.get("problems"), g.get("samples"), fmt(g.get("trace_accuracy")),
+        rows.append([name, f"`{g.get('model')}`", g.get("problems", "-"), g.get("samples", "-"),
+                     fmt(g.get("trace_accuracy")),
                      by_level or "-", fmt(g.get("solved_any"))])
     parts.append(md_table(["generator", "model", "problems", "samples", "trace accuracy", "by level",
                             "solved by >= 1 sample"], rows))
@@ -151,8 +153,8 @@ def markdown(cfg, table, manifest, reference, timing, meas, cal, pred, cells, gr
 
     failed = table[table["status"] != "ok"]
     parts += ["", "## Failed or missing trials", ""]
-    parts.append("None." if failed.empty else md_table(
-        ["trial", "status", "failure"], [[r["trial_id"], r["status"], str(r["error"])] for r in failed.to_dict("records")]))
+    failures = [[r["trial_id"], r["status"], str(r["error"])] for r in failed.to_dict("records")]
+    parts.append("None." if failed.empty else md_table(["trial", "status", "failure"], failures))
     parts += ["", "## Files and figures", "",
               "- `results.csv` (one row per trial), `cells.csv` (one per cell), `calibration.json`, `verdicts.json`: "
               "the machine-readable report"] + [f"- `{name}`: {text}" for name, text in figures.items()]
@@ -175,7 +177,8 @@ def _two_lambdas(meas: Measurements, cal: Calibration, pred: Predictor, second: 
         row = [variant_label(v)]
         for n in meas.sizes():
             texts = []
-            for lam in dict.fromkeys((vc.lam, second)):
+            other = second if second != vc.lam else (0.1 if vc.lam != 0.1 else 1e-3)  # always two penalties
+            for lam in (vc.lam, other):
                 errors = np.array([pred.theory_errors(v, n / vc.dim, "keep_hard", p, 0.0, lam)[0] for p in ps])
                 i = int(np.argmin(errors))
                 texts.append(f"lambda {lam:g}: p* {ps[i]:.2f}, {errors[i] / errors[-1]:.2f}")
@@ -184,7 +187,8 @@ def _two_lambdas(meas: Measurements, cal: Calibration, pred: Predictor, second: 
     if not rows:
         return []
     return ["", "keep_hard as the calibrated theory predicts it at the measured pool sizes (best p over a dense p grid "
-            "and E(best)/E(1)), at the fitted lambda and at report.lam:", "",
+            "and E(best)/E(1)), at the fitted lambda and at a second one (report.lam, or 0.1 when that is the "
+            "fitted one):", "",
             md_table(["generator \\ n"] + [str(n) for n in meas.sizes()], rows)]
 
 

@@ -239,7 +239,8 @@ def write_report(run_dir: str | os.PathLike, cfg, table, manifest: dict[str, Any
     if figures and plot_oracle_noise(meas, cal, out / "oracle_noise.png"):
         drawn["oracle_noise.png"] = "curated error against oracle noise eta"
     chains = loop_rounds(run_dir, table)
-    if figures and plot_loop(chains, problem_ids, student_error, rs.bootstrap, rs.confidence, out / "collapse_loop.png"):
+    if figures and plot_loop(chains, problem_ids, student_error, rs.bootstrap, rs.confidence,
+                             out / "collapse_loop.png"):
         drawn["collapse_loop.png"] = "held-out accuracy per round of the collapse loop, per rule"
 
     with np.errstate(all="ignore"):

@@ -155,7 +155,8 @@ def verdict_i(j: Judge) -> dict[str, Any]:
                 if not (p_pred <= 0.5 and vs_all["predicted"] < 0 and vs_random["predicted"] < 0
                         and vs_all["testable"] and vs_random["testable"]):
                     reasons.append(
-                        f"{variant_label(variant, j.cal)} n={n} {rule} ({j.geometry(variant)}): the theory predicts best "
+                        f"{variant_label(variant, j.cal)} n={n} {rule} ({j.geometry(variant)}): the theory "
+                        "predicts best "
                         f"p {p_pred:g} with E - E(1) {vs_all['predicted']:+.3f} and E - E(random) "
                         f"{vs_random['predicted']:+.3f}, against a resolution of {vs_all['width']:.3f} / "
                         f"{vs_random['width']:.3f}: no resolvable less-is-more here")
@@ -169,7 +170,8 @@ def verdict_i(j: Judge) -> dict[str, Any]:
                 contradicted = at_meas["predicted"] > at_meas["width"]
                 ok = p_meas <= 0.5 and m_all[2] < 0 and m_random[2] < 0 and not contradicted
                 text = (f"{variant[0]} n={n} {rule}: predicted p* {p_pred:g} ({vs_all['predicted']:+.3f} vs p = 1, "
-                        f"{vs_random['predicted']:+.3f} vs random); measured p* {p_meas:g}, E - E(1) {fmt_ci(m_all, True)}, "
+                        f"{vs_random['predicted']:+.3f} vs random); measured p* {p_meas:g}, "
+                        f"E - E(1) {fmt_ci(m_all, True)}, "
                         f"E - E(random) {fmt_ci(m_random, True)}"
                         + (f", where the theory predicts {at_meas['predicted']:+.3f} vs p = 1" if contradicted else ""))
                 judged.append(_cell(variant, n, rule, p_meas, "agrees" if ok else "disagrees", text=text,
@@ -181,7 +183,8 @@ def verdict_i(j: Judge) -> dict[str, Any]:
             if rising:
                 failures.append(f"{variant[0]} {rule}: the best p rises with n ("
                                 + ", ".join(f"n={n}: {p:g}" for n, p in best_by_n) + ")")
-            small = [(n, p, k) for n, c in j.curves(variant, rule) for p, k in c if p <= j.cfg.report.small_keep_fraction]
+            small = [(n, p, k) for n, c in j.curves(variant, rule) for p, k in c
+                     if p <= j.cfg.report.small_keep_fraction]
             for n, p, k in small:
                 d = meas.difference(k, meas.baseline(variant, n, rule))
                 predicted = pred.key_error(k) - pred.key_error(meas.baseline(variant, n, rule))

@@ -21,8 +21,8 @@ from pipeline.sweep.verdicts import CONSISTENT, INCONSISTENT, UNTESTABLE
 from pipeline.theory import model as theory
 
 D, LAM = 100, 1e-3
-LABEL_AWARE = {"correct_only": ("all", "truth"), "keep_hard_correct": ("keep_hard", "truth"),
-               "keep_easy_correct": ("keep_easy", "truth")}
+# A linear world's problems are answered by its oracle: the correctness filter agrees with the oracle.
+LABEL_AWARE = {"correct_only": "all", "keep_hard_correct": "keep_hard", "keep_easy_correct": "keep_easy"}
 
 
 def _cfg(tmp_path: Path, generators, loop=None, **report):
@@ -36,13 +36,20 @@ def _cfg(tmp_path: Path, generators, loop=None, **report):
     })
 
 
-def linear_error(n, rho, rho_star, rho_g, rule, p):
-    """The exact error of a linear-world cell: the theory's deterministic equivalent at d = D, lambda = LAM."""
+def linear_cell(n, rho, rho_star, rho_g, rule, p):
+    """(exact error, theory's p) of a linear-world cell: the theory's deterministic equivalent at d = D, lambda = LAM,
+    with the pipeline's budget (p n problems after the correctness filter) for label-aware rules."""
     if rule in LABEL_AWARE:
-        base, filter_by = LABEL_AWARE[rule]
-        return float(verified_error([D / n], rho, rho_star, rho_g, base, 1.0 if base == "all" else p, LAM,
-                                    filter_by)[0][0])
-    return theory.asymptotic_error(D / n, rho, rho_star, rho_g, rule, 1.0 if rule == "all" else p, LAM)
+        base = LABEL_AWARE[rule]
+        errors, p_theory = verified_error([D / n], rho, rho_star, rho_g, base, 1.0 if base == "all" else p, LAM,
+                                          "oracle")
+        return float(errors[0]), p_theory
+    return theory.asymptotic_error(D / n, rho, rho_star, rho_g, rule, 1.0 if rule == "all" else p, LAM), p
+
+
+def linear_error(n, rho, rho_star, rho_g, rule, p):
+    """The exact error of a linear-world cell (see ``linear_cell``)."""
+    return linear_cell(n, rho, rho_star, rho_g, rule, p)[0]
 
 
 def _row(spec, **extra):
@@ -62,9 +69,10 @@ def linear_sweep(tmp_path, generators, cells, offset=0.0, noise=0.0, loop=None, 
                 "oracle_noise": 0.0, "generator_noise": 0.0, "seed": 0, "block": "grid"}
         tid = trial_id(spec)
         jitter = noise * np.random.default_rng(zlib.crc32(tid.encode())).standard_normal()
-        error = min(0.5, linear_error(n, rho, rho_star, rho_g, rule, p) + offset + jitter)
+        error, p_theory = linear_cell(n, rho, rho_star, rho_g, rule, p)
+        error = min(0.5, error + offset + jitter)
         result = {"fingerprint": "f", "exact_error": error, "d": D, "rho": rho, "rho_star": rho_star, "rho_g": rho_g,
-                  "lam": LAM, "n": n, "p": p, "curation": {"kept_problems": int(round(n * p))}}
+                  "lam": LAM, "n": n, "p": p_theory, "curation": {"kept_problems": int(round(n * p))}}
         (run_dir / TRIALS_DIR / tid).mkdir(parents=True)
         (run_dir / TRIALS_DIR / tid / RESULT_FILE).write_text(json.dumps(result))
         rows.append(_row(spec, kept_rows=int(round(n * p)), kept_problems=int(round(n * p))))
@@ -219,3 +227,22 @@ def test_v_needs_four_rounds_and_follows_the_theorys_loop(tmp_path, rounds, flip
     assert verdicts["v"]["verdict"] == expected, verdicts["v"]["evidence"]
     if rounds < 4:
         assert "needs 4 or more" in verdicts["v"]["evidence"]
+
+
+def test_label_aware_cells_are_predicted_with_the_pipelines_filter_and_budget(tmp_path):
+    # instrument.md §2: with a near-perfect verifier, keep-hard-and-correct beats the correctness filter for a
+    # weaker generator too (rho = 0.9, rho* = 0.9999, n/d = 10-100). results.csv carries the theory's p (before the
+    # filter), larger than the pipeline's keep fraction (after it).
+    gens = {"g": (0.9, 0.9999, 0.9 * 0.9999)}
+    cells = [("g", n, "correct_only", 1.0) for n in (1000, 3000, 10000)]
+    cells += [("g", n, r, p) for n in (1000, 3000, 10000) for r in ("keep_hard_correct", "random") for p in CURVE_PS]
+    cells += [("g", n, "all", 1.0) for n in (1000, 3000, 10000)]
+    path, verdicts, cal = report(tmp_path, linear_sweep(tmp_path, gens, cells))
+    assert cal["generators"]["g"]["verifier"].startswith("the oracle")
+    assert verdicts["i"]["verdict"] == CONSISTENT, verdicts["i"]["evidence"]
+    assert {c["rule"] for c in verdicts["i"]["cells"]} == {"keep_hard_correct"}
+    results = pd.read_csv(path.parent / "results.csv")
+    aware = results[results.rule == "keep_hard_correct"]
+    assert (aware["p"] > aware["keep_fraction"]).all()
+    cells_csv = pd.read_csv(path.parent / "cells.csv")
+    assert (cells_csv["predicted_error"] - cells_csv["error_overall"]).abs().max() < 0.01

@@ -116,6 +116,7 @@ class VariantCalibration:
     fit: dict[str, Any] | None = None
     curve: list[tuple[float, float]] = field(default_factory=list)  # the random learning curve: (kept, theory error)
     world_dim: float | None = None  # d as set by a linear world (to compare the fit with)
+    verifier: str = "truth"  # what the correctness filter agrees with: "truth" (reference answers) or "oracle"
     gate: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -159,14 +160,19 @@ class Calibration:
         return {v: c.trace_accuracy for v, c in self.variants.items() if c.trace_accuracy is not None}
 
 
-def _variant_fields(meas: Measurements, variant) -> dict[str, float]:
-    """Median over the variant's trials of each linear-world field they carry."""
+def _variant_fields(meas: Measurements, variant, manifest_entry: dict) -> dict[str, float]:
+    """Median over the variant's trials of each linear-world field they carry, else the pool manifest's ``linear``
+    block (the geometry a linear world set for this generator)."""
     out = {}
     for name in ("rho", "rho_star", "rho_g", "lam", "d"):
         values = [c.trial_mean(name) for k, c in meas.cells.items() if k[:2] == variant]
         values = [v for v in values if not math.isnan(v)]
         if values:
             out[name] = float(np.median(values))
+    world = manifest_entry.get("linear") or {}
+    for name, key in (("rho", "rho"), ("rho_star", "rho_star"), ("rho_g", "rho_g"), ("d", "dim")):
+        if name not in out and world.get(key) is not None:
+            out[name] = float(world[key])
     return out
 
 
@@ -190,7 +196,7 @@ def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=N
             concordance = {eta: oracle_accuracy(samples, eta, cfg.grid.seeds[0]) for eta in etas}
     variants = {}
     for variant in meas.variants():
-        fields = _variant_fields(meas, variant)
+        fields = _variant_fields(meas, variant, gens.get(variant[0], {}))
         acc = gens.get(variant[0], {}).get("trace_accuracy")
         acc = None if acc is None else float(acc) * (1.0 - variant[1])
         maps = {m: rho_from_accuracy(acc, m) for m in ("open_ended", "binary")} if acc is not None else {}
@@ -221,16 +227,21 @@ def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=N
             s_source += f" ({raw:.3f}, clipped to what rho and rho_g allow)"
         vc = VariantCalibration(variant, acc, rho, maps, rho_source, rho_star, s_source, rho_g, g_source)
         vc.world_dim = fields.get("d")
+        # A linear world's oracle answers its problems, so the verifier agrees with the oracle; the toy world's
+        # verifier checks the reference answer, the truth.
+        vc.verifier = "oracle" if "rho_star" in fields else "truth"
         _fit_dimension(meas, vc, task, fields.get("lam"), rs.lam)
         if vc.dim is None and vc.world_dim is not None:
             vc.dim, vc.dim_source = vc.world_dim, "d set by the world (no learning curve to fit it on)"
         vc.gate = _gate(meas, variant, reference_correct)
         variants[variant] = vc
     _share_dimension(variants, notes)
-    reference = "the untouched student" if reference_correct is not None else "chance (error 0.5)"
-    if reference_correct is None:
-        notes.append("no untouched student was evaluated (a linear world has none): the regime gate compares "
-                     "training on everything at the largest pool with chance, error 0.5")
+    chance = reference_correct is None or meas.exact
+    reference = "chance (error 0.5)" if chance else "the untouched student"
+    if chance:
+        notes.append("the regime gate compares training on everything at the largest pool with chance (error 0.5): "
+                     + ("the trials carry exact errors (a linear world), whose untrained student is chance"
+                        if meas.exact else "no untouched student was evaluated"))
     return Calibration(task, variants, concordance, reference, notes)
 
 
@@ -380,6 +391,8 @@ def calibration_json(cal: Calibration, meas: Measurements) -> dict[str, Any]:
             "rho": vc.rho, "rho_map": cal.task, "rho_by_map": vc.rho_maps, "rho_source": vc.rho_source,
             "rho_star": vc.rho_star, "rho_star_source": vc.rho_star_source,
             "rho_g": vc.rho_g, "rho_g_source": vc.rho_g_source,
+            "verifier": {"oracle": "the oracle (a linear world's problems are answered by its oracle)",
+                         "truth": "the reference answer (the truth)"}[vc.verifier],
             "oracle_noise": {f"{eta:g}": dict(zip(("rho", "rho_star", "rho_g"), vc.geometry(eta)))
                              for eta in sorted({k[5] for k in meas.cells if k[:2] == variant})},
             "d_eff": vc.dim, "lam": vc.lam, "d_eff_source": vc.dim_source, "world_d": vc.world_dim,

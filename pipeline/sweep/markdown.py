@@ -144,12 +144,12 @@ def markdown(cfg, table, manifest, reference, timing, meas, cal, pred, cells, gr
             m = round_matrix(rounds, problem_ids)
             for r, entry in enumerate(rounds):
                 acc = (bootstrap_mean(m[r][None, :], rs.bootstrap, rs.confidence, named_rng("loop-md", rule, r))
-                       if entry.get("scores") is not None else (1 - entry.get("exact_error", float("nan")),) * 3)
+                       if entry.get("scores") is not None else (float("nan"),) * 3)
                 rows.append([rule, entry["round"], entry.get("data_source"), fmt(entry.get("data_trace_accuracy"), 2),
                              entry["curation"]["kept_rows"], fmt(entry["curation"]["kept_trace_accuracy"], 2),
-                             fmt_ci(acc)])
+                             fmt_ci(acc), fmt(entry.get("exact_error", float("nan")))])
         parts.append(md_table(["rule", "round", "data from", "data trace acc", "kept rows", "kept trace acc",
-                                "held-out accuracy"], rows))
+                                "held-out accuracy", "exact error"], rows))
 
     failed = table[table["status"] != "ok"]
     parts += ["", "## Failed or missing trials", ""]

@@ -2,12 +2,13 @@
 keep fraction of a pipeline cell, and the predicted phase map behind the overlay figure.
 
 Label-agnostic rules (``all``, ``random``, ``keep_hard``, ``keep_easy``) are the theory's own
-(``pipeline.theory.asymptotic_error``). The pipeline's label-aware rules are not: they rank by the difficulty oracle
-but keep only traces the *verifier* accepts, and the verifier checks the reference answer (the truth), not the oracle;
-and they keep p * n problems *after* that filter, where the theory's p is the fraction kept before it. Their
-prediction (:func:`verified_error`) evaluates theory.md §2.3 (the ridge fit profiled onto a low-dimensional subspace,
-any keep rule) in the three directions (w*, w_g, w_o), with the kept-example moments integrated numerically on a
-fixed quasi-random Gaussian sample, so every report gives the same numbers.
+(``pipeline.theory.asymptotic_error``). The pipeline's label-aware rules are not quite: they keep p * n problems
+*after* the correctness filter, where the theory's p is the fraction kept before it, and their filter is whatever
+the verifier checks: the reference answer, which is the truth in the toy world (while difficulty is the generator's
+pass rate) and the oracle's label in a linear world (whose problems the oracle answers). Their prediction
+(:func:`verified_error`) evaluates theory.md §2.3 (the ridge fit profiled onto a low-dimensional subspace, any keep
+rule) in the three directions (w*, w_g, w_o), with the kept-example moments integrated numerically on a fixed
+quasi-random Gaussian sample, so every report gives the same numbers.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import numpy as np
 
 from pipeline.sweep.calibrate import Calibration, from_theory
 
-# pipeline rule -> (theory rule, correctness filter): None label-agnostic, "truth" the verifier of the pipeline
+# pipeline rule -> (theory rule, label-aware: behind the correctness filter)
 THEORY_RULES = {
-    "all": ("all", None), "random": ("random", None), "keep_hard": ("keep_hard", None),
-    "keep_easy": ("keep_easy", None), "correct_only": ("all", "truth"),
-    "keep_hard_correct": ("keep_hard", "truth"), "keep_easy_correct": ("keep_easy", "truth"),
+    "all": ("all", False), "random": ("random", False), "keep_hard": ("keep_hard", False),
+    "keep_easy": ("keep_easy", False), "correct_only": ("all", True), "random_correct": ("random", True),
+    "keep_hard_correct": ("keep_hard", True), "keep_easy_correct": ("keep_easy", True),
 }
 N_OVER_D_SCAN = tuple(float(x) for x in np.geomspace(0.5, 1000.0, 40))  # where "anywhere" looks without a d_eff
 
@@ -69,8 +70,10 @@ def _moments(rho: float, rho_star: float, rho_g: float, rule: str, fraction: flo
         weight = weight * chosen
         p_theory = cut / len(z)
     elif rule == "random":
-        weight = weight * fraction
-        p_theory = fraction
+        # The pipeline's budget after the filter takes fraction * N of the accepted examples at random.
+        share = min(1.0, fraction / max(weight.mean(), 1e-12)) if budget == "after" and filter_by else fraction
+        weight = weight * share
+        p_theory = share
     weight = weight / len(z)
     sigma = (z * weight[:, None]).T @ z
     c = z.T @ (weight * y)
@@ -114,20 +117,21 @@ class Predictor:
         self.cal = cal
 
     def theory_errors(self, variant, n_over_d, rule: str, p: float, eta: float = 0.0, lam: float | None = None):
-        """Predicted errors in theory units over an array of n/d; NaN where the variant is not calibrated."""
+        """Predicted errors in theory units over an array of n/d; NaN where the variant is not calibrated or the
+        rule has no theory counterpart."""
         from pipeline.theory import model as theory
 
         vc = self.cal.variants.get(tuple(variant))
         phi = 1.0 / np.atleast_1d(np.asarray(n_over_d, dtype=float))
-        if vc is None:
+        if vc is None or rule not in THEORY_RULES:
             return np.full(phi.shape, np.nan)
         lam = lam if lam is not None else vc.lam
         rho, rho_star, rho_g = vc.geometry(eta)
-        base, filter_by = THEORY_RULES[rule]
+        base, aware = THEORY_RULES[rule]
         p = 1.0 if base == "all" else float(p)
-        if filter_by is None:
+        if not aware:
             return np.atleast_1d(theory.asymptotic_error_array(phi, rho, rho_star, rho_g, base, p, lam))
-        return verified_error(phi, rho, rho_star, rho_g, base, p, lam, filter_by)[0]
+        return verified_error(phi, rho, rho_star, rho_g, base, p, lam, vc.verifier)[0]
 
     def error(self, variant, n: int, rule: str, p: float, eta: float = 0.0, lam: float | None = None) -> float:
         """Predicted error of a cell in the measured units (NaN without a calibrated d_eff)."""
@@ -144,13 +148,15 @@ class Predictor:
         """The theory's keep fraction of a pipeline cell: p itself for label-agnostic rules; for label-aware ones
         the fraction kept by difficulty before the correctness filter that leaves p * n problems after it."""
         vc = self.cal.variants.get(tuple(variant))
-        base, filter_by = THEORY_RULES[rule]
+        if rule not in THEORY_RULES:
+            return float("nan")
+        base, aware = THEORY_RULES[rule]
         if base == "all":
             return 1.0
-        if filter_by is None or vc is None:
-            return float(p) if filter_by is None else float("nan")
+        if not aware or vc is None:
+            return float(p) if not aware else float("nan")
         rho, rho_star, rho_g = vc.geometry(eta)
-        return float(verified_error([1.0], rho, rho_star, rho_g, base, p, vc.lam, filter_by)[1])
+        return float(verified_error([1.0], rho, rho_star, rho_g, base, p, vc.lam, vc.verifier)[1])
 
     def largest_gain(self, variant, rule: str, ps, eta: float = 0.0) -> tuple[float, float, float]:
         """Without a d_eff: the largest predicted E(1) - E(best p < 1) over n/d in N_OVER_D_SCAN, in measured units,
@@ -160,13 +166,15 @@ class Predictor:
             base = self.theory_errors(variant, N_OVER_D_SCAN, family_all(rule), 1.0, eta)
             ratios.append(base - self.theory_errors(variant, N_OVER_D_SCAN, rule, p, eta))
         gains = from_theory(np.array(ratios), self.cal.task)
+        if not np.isfinite(gains).any():
+            return float("nan"), float("nan"), float("nan")
         i, j = np.unravel_index(int(np.nanargmax(gains)), gains.shape)
         return float(gains[i, j]), float(N_OVER_D_SCAN[j]), float(ps[i])
 
 
 def family_all(rule: str) -> str:
     """The p = 1 rule of a rule's family (``correct_only`` for label-aware rules, ``all`` otherwise)."""
-    return "correct_only" if THEORY_RULES[rule][1] else "all"
+    return "correct_only" if THEORY_RULES.get(rule, ("", False))[1] else "all"
 
 
 @dataclass

@@ -139,7 +139,11 @@ def results_rows(table, meas: Measurements, pred: Predictor):
         f = fields.get(row["trial_id"]) or (trial_fields(meas.run_dir, row) if row.get("status") == "ok" else {})
         variant = (row.get("generator"), float(row.get("generator_noise") or 0.0))
         ns.append(row.get("pool_size"))
+        # The trial's own count comes first (a linear world's `p`, else the curation's theory_keep_fraction, taken
+        # from the ranks it realised); the calibrated geometry's estimate only where neither was recorded.
         theory_p = f.get("p")
+        if theory_p is None and _finite(row.get("theory_keep_fraction")):
+            theory_p = float(row["theory_keep_fraction"])
         if theory_p is None and row.get("kind") == "grid":
             theory_p = pred.p_theory(variant, row["rule"], float(row["keep_fraction"]), float(row["oracle_noise"]))
         ps.append(theory_p if theory_p is not None else row.get("keep_fraction"))
@@ -158,6 +162,13 @@ def results_rows(table, meas: Measurements, pred: Predictor):
     for k in RESULT_FIELDS:
         out[k] = extra[k]
     return out
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def write_report(run_dir: str | os.PathLike, cfg, table, manifest: dict[str, Any], reference: dict[str, Any],

@@ -74,9 +74,18 @@ class Judge:
             (skipped.append(f"{variant_label(v, self.cal)}: {why}") if why else ok.append(v))
         return ok, skipped
 
-    def missing_control(self, variant, n: int, ps) -> str | None:
-        """The keep fractions without a `random` cell at (variant, n), as text (None: all there)."""
-        missing = [p for p in ps if p < 1 and (variant[0], variant[1], n, "random", p, 0.0) not in self.meas.cells]
+    def control(self, variant, n: int, p: float, rule: str = "keep_hard") -> tuple:
+        """The control cell of a rule at (n, p): `random_correct` for a label-aware rule where it was measured (the
+        same filter, no ranking), else `random`."""
+        if THEORY_RULES.get(rule, ("", False))[1]:
+            key = (variant[0], variant[1], n, "random_correct", p, 0.0)
+            if key in self.meas.cells:
+                return key
+        return (variant[0], variant[1], n, "random", p, 0.0)
+
+    def missing_control(self, variant, n: int, ps, rule: str = "keep_hard") -> str | None:
+        """The keep fractions without a `random` control at (variant, n), as text (None: all there)."""
+        missing = [p for p in ps if p < 1 and self.control(variant, n, p, rule) not in self.meas.cells]
         if not missing:
             return None
         return (f"{variant_label(variant)} n={n}: the `random` control is missing at p = "
@@ -92,6 +101,8 @@ class Judge:
         """Why a cell is untestable without d_eff: the effect is unresolvable at any n/d, or n/d is unknown."""
         gain, nd, p = self.pred.largest_gain(variant, rule, ps)
         label = variant_label(variant, self.cal)
+        if math.isnan(gain):
+            return f"{label}: the theory has no counterpart of rule {rule}"
         resolution = min(widths) if widths else float("nan")
         if not gain > resolution:
             return (f"{label} ({self.geometry(variant)}): the theory predicts no less-is-more here: at most "
@@ -141,7 +152,7 @@ def verdict_i(j: Judge) -> dict[str, Any]:
                 ps = [p for p, _ in curve if p < 1]
                 keys = dict(curve)
                 base = keys[1.0]
-                missing = j.missing_control(variant, n, ps)
+                missing = j.missing_control(variant, n, ps, rule)
                 if missing:
                     reasons.append(missing)
                     continue
@@ -151,7 +162,7 @@ def verdict_i(j: Judge) -> dict[str, Any]:
                     continue
                 p_pred = min(ps, key=lambda p: (pred.key_error(keys[p]), -p))
                 vs_all = _compare(meas, pred, keys[p_pred], base)
-                vs_random = _compare(meas, pred, keys[p_pred], (variant[0], variant[1], n, "random", p_pred, 0.0))
+                vs_random = _compare(meas, pred, keys[p_pred], j.control(variant, n, p_pred, rule))
                 if not (p_pred <= 0.5 and vs_all["predicted"] < 0 and vs_random["predicted"] < 0
                         and vs_all["testable"] and vs_random["testable"]):
                     reasons.append(
@@ -163,7 +174,7 @@ def verdict_i(j: Judge) -> dict[str, Any]:
                     continue
                 p_meas = min(ps, key=lambda p: (meas.error(keys[p])[0], -p))
                 m_all = meas.difference(keys[p_meas], base)
-                m_random = meas.difference(keys[p_meas], (variant[0], variant[1], n, "random", p_meas, 0.0))
+                m_random = meas.difference(keys[p_meas], j.control(variant, n, p_meas, rule))
                 # The measured best p must not be a cell where the theory predicts a resolvable loss to p = 1:
                 # a "win" there contradicts the theory, whatever the predicted best p did.
                 at_meas = _compare(meas, pred, keys[p_meas], base)
@@ -270,7 +281,8 @@ def verdict_iii(j: Judge) -> dict[str, Any]:
                                 and (strong[0], strong[1], n, easy, p, 0.0) in meas.cells
                                 and (weak[0], weak[1], n, easy, p, 0.0) in meas.cells)
                     for p in ps:
-                        missing = j.missing_control(strong, n, [p]) or j.missing_control(weak, n, [p])
+                        missing = (j.missing_control(strong, n, [p], hard)
+                                   or j.missing_control(weak, n, [p], hard))
                         if missing:
                             reasons.append(missing)
                             continue
@@ -305,7 +317,7 @@ def verdict_iv(j: Judge) -> dict[str, Any]:
             if clean not in meas.cells:
                 reasons.append(f"{key[0]} n={n} {rule} p={p:g} eta={key[5]:g}: no eta = 0 counterpart")
             continue
-        missing = j.missing_control(variant, n, [p])
+        missing = j.missing_control(variant, n, [p], rule)
         if missing:
             reasons.append(missing)
             continue
@@ -333,8 +345,9 @@ def verdict_iv(j: Judge) -> dict[str, Any]:
 
 
 def _loop_change(rounds, problem_ids, resamples, confidence, resolution, rule):
-    """Error of the last round minus the first, with a paired interval (exact errors: +-resolution)."""
-    if all(r.get("scores") is None and r.get("exact_error") is not None for r in rounds):
+    """Error of the last round minus the first, with a paired interval (exact errors, preferred when every round
+    has one: +-resolution)."""
+    if all(r.get("exact_error") is not None for r in rounds):
         d = float(rounds[-1]["exact_error"]) - float(rounds[0]["exact_error"])
         return d, d - resolution, d + resolution
     m = round_matrix(rounds, problem_ids)
@@ -362,7 +375,7 @@ def verdict_v(j: Judge, chains, problem_ids) -> dict[str, Any]:
     main = verified[0]
     label = {"all": "all", "correct_only": "correct_only", "keep_hard_correct": "keep_hard+correct",
              "keep_easy_correct": "keep_easy+correct"}
-    rules = [(THEORY_RULES[r][0], THEORY_RULES[r][1] is not None) for r in ("all", main)]
+    rules = [THEORY_RULES[r] for r in ("all", main)]
     loop = theory.collapse_loop(vc.rho, VERIFIER_RHO_STAR, j.cfg.loop.pool_size / vc.dim, vc.lam,
                                 j.cfg.loop.keep_fraction, rounds, rules=rules)
     def predicted(rule):

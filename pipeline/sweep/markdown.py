@@ -30,11 +30,15 @@ def markdown(cfg, table, manifest, reference, timing, meas, cal, pred, cells, gr
     evaluation = ("exact test errors (a linear world)" if meas.exact else
                   f"{'greedy' if cfg.evaluate.greedy else f'{cfg.evaluate.n} samples'} on {len(problem_ids)} "
                   "held-out problems, the same for every trial")
+    student = getattr(cfg, "student", None)  # a sweep with a linear world names its student kind
+    if getattr(student, "kind", "trl") == "linear":
+        trained = f"student: ridge regression (lambda {student.lam:g})"
+    else:
+        trained = (f"student `{cfg.finetune.student}`, budget `{cfg.finetune.budget}` "
+                   + (f"({cfg.finetune.steps} steps x {cfg.finetune.batch_size} rows, compute-matched)"
+                      if cfg.finetune.budget == "steps" else f"({cfg.finetune.epochs:g} epochs, epoch-matched)"))
     parts.append(
-        f"{len(table)} trials ({ok} ok, {len(table) - ok} failed or missing) on one shared pool; student "
-        f"`{cfg.finetune.student}`, budget `{cfg.finetune.budget}` "
-        + (f"({cfg.finetune.steps} steps x {cfg.finetune.batch_size} rows, compute-matched)"
-           if cfg.finetune.budget == "steps" else f"({cfg.finetune.epochs:g} epochs, epoch-matched)")
+        f"{len(table)} trials ({ok} ok, {len(table) - ok} failed or missing) on one shared pool; {trained}"
         + f"; evaluation: {evaluation}; {_seeds_text(cfg)}. Intervals: {conf}% bootstrap over seeds and problems"
         + (f" (at least +-{meas.resolution:g} over exact errors)" if meas.exact else "")
         + "; differences are paired. Error = 1 - accuracy.")

@@ -155,6 +155,9 @@ def results_rows(table, meas: Measurements, pred: Predictor):
         predicted.append(pred.key_error(key) if row.get("kind") == "grid" else float("nan"))
         for k in RESULT_FIELDS:
             extra[k].append(f.get(k, float("nan")))
+    # A linear world's trials already bring n, p and its fields as columns: the values here (which read them first)
+    # replace them, placed next to the cell's axes.
+    out = out.drop(columns=[c for c in ("n", "p", "predicted_error", *RESULT_FIELDS) if c in out.columns])
     out.insert(out.columns.get_loc("rule") + 1, "n", ns)
     out.insert(out.columns.get_loc("n") + 1, "p", ps)
     out.insert(out.columns.get_loc("seed") + 1, "error", errors)

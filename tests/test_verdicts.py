@@ -252,3 +252,28 @@ def test_label_aware_cells_are_predicted_with_the_pipelines_filter_and_budget(tm
     assert (aware["p"] > aware["keep_fraction"]).all()
     cells_csv = pd.read_csv(path.parent / "cells.csv")
     assert (cells_csv["predicted_error"] - cells_csv["error_overall"]).abs().max() < 0.01
+
+
+def test_iv_judges_noise_only_where_a_region_exists(tmp_path):
+    # Oracle noise replaces a fraction eta of the difficulty scores by random ones (the curate stage's model). At
+    # rho = 1, rho* = 0.9999, keep-hard at p = 0.3 is a less-is-more region at n/d = 10 and half the scores random
+    # costs it; at p = 0.5, n/d = 30, no resolvable cost is predicted.
+    from pipeline.sweep.predict import verified_error as integral
+
+    gens = {"perfect": (1.0, 0.9999, 0.9999)}
+    cells = _grid(gens, (1000, 3000), ("keep_hard", "random"), CURVE_PS)
+    cfg, table, manifest, reference = linear_sweep(tmp_path, gens, cells)
+    rows = []
+    for n, p in ((1000, 0.3), (3000, 0.5)):
+        spec = {"kind": "grid", "generator": "perfect", "pool_size": n, "rule": "keep_hard", "keep_fraction": p,
+                "oracle_noise": 0.5, "generator_noise": 0.0, "seed": 0, "block": "grid"}
+        error = float(integral([D / n], 1.0, 0.9999, 0.9999, "keep_hard", p, LAM, None, "before", 0.5)[0][0])
+        (cfg.resolved_run_dir / TRIALS_DIR / trial_id(spec)).mkdir(parents=True)
+        (cfg.resolved_run_dir / TRIALS_DIR / trial_id(spec) / RESULT_FILE).write_text(json.dumps(
+            {"exact_error": error, "d": D, "rho": 1.0, "rho_star": 0.9999, "rho_g": 0.9999, "lam": LAM, "n": n,
+             "p": p}))
+        rows.append(_row(spec))
+    table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+    _, verdicts, _ = report(tmp_path, (cfg, table, manifest, reference))
+    assert verdicts["iv"]["verdict"] == CONSISTENT, verdicts["iv"]["evidence"]
+    assert [c["n"] for c in verdicts["iv"]["cells"]] == [1000]

@@ -10,8 +10,8 @@ What the theory needs (theory.md §1) and where each comes from:
   the pipeline's difficulty score is the generator's own pass rate, so the oracle *is* the generator and rho* = rho.
 - **rho*** (oracle vs truth): the trials' rho_star, else fixed by geometry when rho_g = 1, else
   ``report.oracle_accuracy`` or the concordance of the difficulty score with the levels; always clipped to what three
-  unit vectors with these cosines allow. Oracle noise eta mixes in independent random scores: both cosines shrink by
-  s(eta) = cos(pi (1 - A)), with A = 1/2 + (1 - eta)^2 / 2 the concordance of the noised score with the clean one.
+  unit vectors with these cosines allow. Oracle noise eta is not a cosine: the prediction replaces a fraction eta of
+  the difficulty scores by uniform random ones, as the curate stage does (``pipeline.sweep.predict``).
 - **d_eff and lambda**, fitted together on the variant's ``random`` learning curve (``all`` is random at p = 1), which
   needs four or more training-set sizes; lambda is not fitted when the trials carry it. The fit is rejected when its
   median miss is more than twice the median interval (a systematic miss, such as a damaged student's constant
@@ -56,11 +56,6 @@ def to_theory(error, task: str):
 def from_theory(error, task: str):
     """A theory error in the measured units (inverse of :func:`to_theory`)."""
     return np.asarray(error, dtype=float) * 2.0 if task == "open_ended" else np.asarray(error, dtype=float)
-
-
-def noise_shrink(eta: float) -> float:
-    """s(eta): the cosine of an eta-noised difficulty score with the clean one (random scores are independent)."""
-    return float(math.cos(math.pi * (0.5 - 0.5 * (1.0 - eta) ** 2)))
 
 
 def feasible_rho_star(rho: float, rho_g: float, rho_star: float) -> float:
@@ -122,9 +117,8 @@ class VariantCalibration:
     notes: list[str] = field(default_factory=list)
 
     def geometry(self, eta: float = 0.0) -> tuple[float, float, float]:
-        """(rho, rho*, rho_g) of the oracle under noise eta."""
-        s = noise_shrink(eta) if eta > 0 else 1.0
-        return self.rho, self.rho_star * s, self.rho_g * s
+        """(rho, rho*, rho_g) of the clean oracle (oracle noise acts on the scores, see ``pipeline.sweep.predict``)."""
+        return self.rho, self.rho_star, self.rho_g
 
     @property
     def in_regime(self) -> bool:
@@ -398,8 +392,9 @@ def calibration_json(cal: Calibration, meas: Measurements) -> dict[str, Any]:
             "rho_g": vc.rho_g, "rho_g_source": vc.rho_g_source,
             "verifier": {"oracle": "the oracle (a linear world's problems are answered by its oracle)",
                          "truth": "the reference answer (the truth)"}[vc.verifier],
-            "oracle_noise": {f"{eta:g}": dict(zip(("rho", "rho_star", "rho_g"), vc.geometry(eta)))
-                             for eta in sorted({k[5] for k in meas.cells if k[:2] == variant})},
+            "oracle_noise_model": "a fraction eta of the difficulty scores replaced by uniform random ones (as the "
+                                  "curate stage does), integrated over the kept set; rho* and rho_g stay the clean "
+                                  "oracle's",
             "d_eff": vc.dim, "lam": vc.lam, "d_eff_source": vc.dim_source, "world_d": vc.world_dim,
             "learning_curve": vc.fit, "gate": vc.gate, "usable": vc.unusable() is None,
             "not_usable_because": vc.unusable(), "notes": vc.notes,

@@ -31,24 +31,30 @@ N_OVER_D_SCAN = tuple(float(x) for x in np.geomspace(0.5, 1000.0, 40))  # where 
 
 
 @functools.lru_cache(maxsize=1)
-def _normals() -> np.ndarray:
-    """2^17 scrambled-Sobol points mapped to N(0, I_3) (fixed seed: the same integrals on every run)."""
-    from scipy.stats import qmc
+def _points() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2^17 scrambled-Sobol points (fixed seed: the same integrals on every run): N(0, I_3) coordinates, and two
+    uniforms for oracle noise (whether a point's score is replaced, and by what)."""
     from scipy.special import ndtri
+    from scipy.stats import qmc
 
-    u = qmc.Sobol(d=3, scramble=True, seed=20240611).random_base2(17)
-    return ndtri(np.clip(u, 1e-12, 1 - 1e-12))
+    u = qmc.Sobol(d=5, scramble=True, seed=20240611).random_base2(17)
+    return ndtri(np.clip(u[:, :3], 1e-12, 1 - 1e-12)), u[:, 3], u[:, 4]
 
 
 @functools.lru_cache(maxsize=4096)
 def _moments(rho: float, rho_star: float, rho_g: float, rule: str, fraction: float, filter_by: str | None,
-             budget: str):
+             budget: str, eta: float = 0.0):
     """Kept-example moments in the (w*, w_g, w_o) coordinates: (kept, Sigma, c, w*, theory p)."""
+    from scipy.special import ndtr
+
     gram = np.array([[1.0, rho, rho_star], [rho, 1.0, rho_g], [rho_star, rho_g, 1.0]])
     vals, vecs = np.linalg.eigh(gram)
     frame = vecs * np.sqrt(np.clip(vals, 0.0, None))  # rows: w*, w_g, w_o in an orthonormal basis
-    z = _normals()
+    z, hit, noise = _points()
     t = z @ frame.T
+    # The difficulty score as the curate stage sees it: the oracle margin's quantile (uniform, small = hard), with
+    # a fraction eta of the scores replaced by uniform random numbers (stages.curate.oracle_noise).
+    score = np.where(hit < eta, noise, 2.0 * ndtr(np.abs(t[:, 2])) - 1.0)
     y = np.where(t[:, 1] >= 0, 1.0, -1.0)
     if filter_by is None:
         accept = np.ones(len(z), bool)
@@ -58,7 +64,7 @@ def _moments(rho: float, rho_star: float, rho_g: float, rule: str, fraction: flo
     weight = accept.astype(float)
     p_theory = 1.0
     if rule in ("keep_hard", "keep_easy"):
-        order = np.argsort(np.abs(t[:, 2]) * (1.0 if rule == "keep_hard" else -1.0), kind="stable")
+        order = np.argsort(score * (1.0 if rule == "keep_hard" else -1.0), kind="stable")
         if budget == "after":  # the pipeline: the first fraction * N *accepted* examples in difficulty order
             cum = np.cumsum(accept[order])
             want = fraction * len(z)
@@ -100,13 +106,14 @@ def _profiled_error(phi, lam: float, moments) -> np.ndarray:
     return out
 
 
-def verified_error(phi, rho, rho_star, rho_g, rule, fraction, lam, filter_by="truth", budget="after"):
+def verified_error(phi, rho, rho_star, rho_g, rule, fraction, lam, filter_by="truth", budget="after", eta=0.0):
     """Predicted test error (theory units) of a rule whose correctness filter is ``filter_by`` (``truth``: the
-    pipeline's verifier; ``oracle``: the theory's label-aware rule; None: no filter) and whose budget keeps
-    ``fraction`` of the pool ``after`` the filter (the pipeline) or ``before`` it (the theory's p). Vectorised over
-    phi = d / n. Returns (errors, the theory's keep fraction before the filter)."""
+    reference answer; ``oracle``: the oracle's label, the theory's label-aware rule; None: no filter), whose budget
+    keeps ``fraction`` of the pool ``after`` the filter (the pipeline) or ``before`` it (the theory's p), under
+    oracle noise ``eta``. Vectorised over phi = d / n. Returns (errors, the theory's keep fraction before the
+    filter)."""
     moments = _moments(round(float(rho), 9), round(float(rho_star), 9), round(float(rho_g), 9), rule,
-                       round(float(fraction), 9), filter_by, budget)
+                       round(float(fraction), 9), filter_by, budget, round(float(eta), 9))
     return _profiled_error(phi, lam, moments), moments[4]
 
 
@@ -129,9 +136,12 @@ class Predictor:
         rho, rho_star, rho_g = vc.geometry(eta)
         base, aware = THEORY_RULES[rule]
         p = 1.0 if base == "all" else float(p)
-        if not aware:
+        eta = eta if base in ("keep_hard", "keep_easy") else 0.0  # only rules that rank see the noise
+        if not aware and eta == 0:
             return np.atleast_1d(theory.asymptotic_error_array(phi, rho, rho_star, rho_g, base, p, lam))
-        return verified_error(phi, rho, rho_star, rho_g, base, p, lam, vc.verifier)[0]
+        if not aware:
+            return verified_error(phi, rho, rho_star, rho_g, base, p, lam, None, "before", eta)[0]
+        return verified_error(phi, rho, rho_star, rho_g, base, p, lam, vc.verifier, "after", eta)[0]
 
     def error(self, variant, n: int, rule: str, p: float, eta: float = 0.0, lam: float | None = None) -> float:
         """Predicted error of a cell in the measured units (NaN without a calibrated d_eff)."""
@@ -156,7 +166,8 @@ class Predictor:
         if not aware or vc is None:
             return float(p) if not aware else float("nan")
         rho, rho_star, rho_g = vc.geometry(eta)
-        return float(verified_error([1.0], rho, rho_star, rho_g, base, p, vc.lam, vc.verifier)[1])
+        eta = eta if base in ("keep_hard", "keep_easy") else 0.0
+        return float(verified_error([1.0], rho, rho_star, rho_g, base, p, vc.lam, vc.verifier, "after", eta)[1])
 
     def largest_gain(self, variant, rule: str, ps, eta: float = 0.0) -> tuple[float, float, float]:
         """Without a d_eff: the largest predicted E(1) - E(best p < 1) over n/d in N_OVER_D_SCAN, in measured units,

@@ -20,7 +20,7 @@ from pipeline.sweep.predict import THEORY_RULES, Predictor
 
 CONSISTENT, INCONSISTENT, UNTESTABLE = "consistent", "inconsistent", "untestable"
 MIN_LOOP_ROUNDS = 4
-VERIFIER_RHO_STAR = 0.9999  # the loop's verifier checks reference answers: an all-but-perfect oracle
+VERIFIER_RHO_STAR = 0.9999  # the toy loop's verifier checks reference answers: an all-but-perfect oracle
 
 PREDICTIONS = {
     "i": "Where the calibrated theory predicts less is more, the best p < 1 of keep-hard (or keep-hard and correct) "
@@ -376,8 +376,11 @@ def verdict_v(j: Judge, chains, problem_ids) -> dict[str, Any]:
     label = {"all": "all", "correct_only": "correct_only", "keep_hard_correct": "keep_hard+correct",
              "keep_easy_correct": "keep_easy+correct"}
     rules = [THEORY_RULES[r] for r in ("all", main)]
-    loop = theory.collapse_loop(vc.rho, VERIFIER_RHO_STAR, j.cfg.loop.pool_size / vc.dim, vc.lam,
-                                j.cfg.loop.keep_fraction, rounds, rules=rules)
+    # The loop's oracle is what verifies it: the reference answers (all but perfect) in the toy world, the
+    # answering oracle in a linear world.
+    oracle = (vc.rho_star, vc.rho_g) if vc.verifier == "oracle" else (VERIFIER_RHO_STAR, None)
+    loop = theory.collapse_loop(vc.rho, oracle[0], j.cfg.loop.pool_size / vc.dim, vc.lam,
+                                j.cfg.loop.keep_fraction, rounds, rho_g=oracle[1], rules=rules)
     def predicted(rule):
         e = loop.errors[label[rule]]
         return float(from_theory(e[rounds] - e[1], j.cal.task))

@@ -122,6 +122,7 @@ class VariantCalibration:
 
     @property
     def in_regime(self) -> bool:
+        """Whether the regime gate passed."""
         return self.gate.get("outcome") == "in regime"
 
     def unusable(self) -> str | None:
@@ -152,6 +153,7 @@ class Calibration:
 
     @property
     def trace_accuracy(self) -> dict[tuple[str, float], float]:
+        """variant -> the pool's trace accuracy (times 1 - eps), where known."""
         return {v: c.trace_accuracy for v, c in self.variants.items() if c.trace_accuracy is not None}
 
 

@@ -15,6 +15,7 @@ from pipeline.sweep.verdicts import CONSISTENT, UNTESTABLE
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)

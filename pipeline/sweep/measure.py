@@ -47,6 +47,7 @@ class Cell:
 
     @property
     def variant(self) -> tuple[str, float]:
+        """(generator, eps) of the cell."""
         return self.key[0], self.key[1]
 
     def trial_mean(self, name: str) -> float:
@@ -220,9 +221,11 @@ class Measurements:
         return sorted({c.variant for c in self.cells.values()})
 
     def sizes(self, variant=None) -> list[int]:
+        """Pool sizes measured (for one variant, or any)."""
         return sorted({k[2] for k in self.cells if variant is None or k[:2] == tuple(variant)})
 
     def rules(self) -> list[str]:
+        """Rules measured."""
         return sorted({k[3] for k in self.cells})
 
     def curve(self, variant, n: int, rule: str, eta: float = 0.0) -> list[tuple[float, tuple]]:
@@ -235,6 +238,7 @@ class Measurements:
         return sorted(points)
 
     def baseline(self, variant, n: int, rule: str) -> tuple:
+        """The key of a rule's p = 1 cell (its family's baseline) at (variant, n)."""
         return (variant[0], variant[1], n, family_baseline(rule), 1.0, 0.0)
 
 

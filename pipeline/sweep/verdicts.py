@@ -92,6 +92,7 @@ class Judge:
                 + ", ".join(f"{p:g}" for p in missing))
 
     def geometry(self, variant) -> str:
+        """A variant's calibrated parameters as text, for the evidence."""
         vc = self.cal.variants[variant]
         d = "unknown" if vc.dim is None else f"{vc.dim:.0f}"
         return (f"rho {vc.rho:.3f}, rho* {vc.rho_star:.3f}, rho_g {vc.rho_g:.3f}, d_eff {d}, "

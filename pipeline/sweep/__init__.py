@@ -15,7 +15,11 @@
 4. **Collapse loop** (``loop.rounds``): one trial per rule; in round 1 the student trains on the curated pool, in each
    later round the previous round's model generates the data, the rule curates it, and a fresh student trains on it.
 5. **Report** (``pipeline.sweep.report``): error against p with confidence bands, phase heatmaps, the rule-winner map,
-   the calibrated theory overlay and a verdict for each prediction of theory.md §5, in ``run_dir/report/``.
+   the theory calibrated per generator (rho, rho*, rho_g of the oracle actually used, d_eff and lambda from the
+   ``random`` learning curve), a regime gate, every cell's measured error beside the predicted one, and a verdict
+   for each prediction of theory.md §5 (consistent / inconsistent / untestable, judged only where the calibrated
+   theory predicts an effect the cells resolve), in ``run_dir/report/`` (``report.md`` and the machine-readable
+   ``results.csv``, ``cells.csv``, ``calibration.json``, ``verdicts.json``).
 
 Rules (``RULE_SPECS``): ``all``, ``random``, ``keep_hard``, ``keep_easy`` train on the generator's completions whether
 correct or not (the theory's label-agnostic rules; one completion per problem); ``correct_only``,
@@ -29,8 +33,9 @@ Modules, each one job (a module imports only those listed before it):
 - ``config``: SweepConfig and its blocks, the grid, the rule sets, what a trial's fingerprint covers;
 - ``pool``: building and reading the shared pools, nested pool subsets, the reference evaluation;
 - ``trials``: one trial, the collapse loop, Ray Tune, the results table;
-- ``measure``, ``calibrate``, ``verdicts``, ``plots``, ``report``: the report (cells and intervals, the theory's
-  calibration, the verdicts, the figures, ``report.md``);
+- ``measure``, ``calibrate``, ``predict``, ``verdicts``, ``plots``, ``markdown``, ``report``: the report (cells and
+  intervals, the theory's calibration and gate, the calibrated theory at the cells, the verdicts, the figures,
+  ``report.md``, the report's files);
 - ``run``: ``run_sweep`` and ``rewrite_report``; ``commands``: the ``lessmore sweep`` arguments and command.
 
 Importing this package imports none of them (the CLI parser imports ``commands``).

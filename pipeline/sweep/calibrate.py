@@ -1,28 +1,67 @@
-"""The theory's parameters measured on the sweep, and the calibrated theory's predictions at the measured cells.
+"""The theory's parameters measured on the sweep, per generator, and the regime gate.
 
-Theory calibration (theory.md §5). The theory's learner is a binary classifier; an open-ended answer has no chance
-level, so a model that answers correctly with probability a is mapped to a classifier that is right with
-probability (1 + a) / 2 (a wrong answer counts as a coin flip on the theory's label). Hence generator quality
-rho = cos(pi (1 - a_gen) / 2) with a_gen the pool's trace accuracy (times 1 - eps under generator noise), measured
-errors map to (1 - accuracy) / 2, the oracle's rho* = cos(pi (1 - A)) with A the concordance of the (noised)
-difficulty score with the problems' levels (or ``report.oracle_accuracy``), and the effective dimension is fitted on
-the measured learning curve of random subsets (``theory.fit_effective_dim``).
+What the theory needs (theory.md §1) and where each comes from:
+
+- **rho** (generator): from the trial results when they carry it (a linear world sets it), else from the pool's trace
+  accuracy a (times 1 - eps under generator noise) under the map of ``report.task``: ``open_ended`` counts a wrong
+  answer as a coin flip on the theory's binary label, rho = cos(pi (1 - a) / 2), and a measured error e is e / 2 in
+  theory units; ``binary`` (a truly binary task) has rho = cos(pi (1 - a)) and errors as they are. Both are reported.
+- **rho_g** (oracle vs generator): the oracle actually used. The trial results' rho_g, else ``report.rho_g``, else 1:
+  the pipeline's difficulty score is the generator's own pass rate, so the oracle *is* the generator and rho* = rho.
+- **rho*** (oracle vs truth): the trials' rho_star, else fixed by geometry when rho_g = 1, else
+  ``report.oracle_accuracy`` or the concordance of the difficulty score with the levels; always clipped to what three
+  unit vectors with these cosines allow. Oracle noise eta is not a cosine: the prediction replaces a fraction eta of
+  the difficulty scores by uniform random ones, as the curate stage does (``pipeline.sweep.predict``).
+- **d_eff and lambda**, fitted together on the variant's ``random`` learning curve (``all`` is random at p = 1), which
+  needs four or more training-set sizes; lambda is not fitted when the trials carry it. The fit is rejected when its
+  median miss is more than twice the median interval (a systematic miss, such as a damaged student's constant
+  offset), and the report says when the curve has not flattened.
+- **The regime gate**: training on everything (``all``, p = 1) at the largest pool must beat the untouched student
+  beyond the paired interval, or, with no untouched student (a linear world), chance (error 0.5). A generator that
+  fails it is "not in regime": no verdict rests on it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pipeline.sweep.measure import Measurements
+from pipeline.sweep.measure import Measurements, bootstrap_mean, fmt_ci, named_rng
+
+LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the ridge penalties the learning-curve fit chooses among
+MIN_CURVE_SIZES = 4
+FLAT_WITHIN = 0.10  # a learning curve has flattened when its last point is within 10% of the asymptote
 
 
 def binary_accuracy(accuracy: float) -> float:
     """An open-ended accuracy mapped onto the theory's binary label: a wrong answer is a coin flip."""
     return 0.5 + 0.5 * float(accuracy)
+
+
+def rho_from_accuracy(accuracy: float, task: str) -> float:
+    """Generator cosine from an accuracy under the ``task`` map (``open_ended`` halves, ``binary`` does not); an
+    accuracy below chance on a binary task gives 0 (the theory covers non-negative cosines only)."""
+    a = binary_accuracy(accuracy) if task == "open_ended" else float(accuracy)
+    return float(math.cos(math.pi * (1.0 - min(max(a, 0.5), 1.0))))
+
+
+def to_theory(error, task: str):
+    """A measured error in the theory's units (``open_ended``: half of it, the coin-flip map)."""
+    return np.asarray(error, dtype=float) / 2.0 if task == "open_ended" else np.asarray(error, dtype=float)
+
+
+def from_theory(error, task: str):
+    """A theory error in the measured units (inverse of :func:`to_theory`)."""
+    return np.asarray(error, dtype=float) * 2.0 if task == "open_ended" else np.asarray(error, dtype=float)
+
+
+def feasible_rho_star(rho: float, rho_g: float, rho_star: float) -> float:
+    """rho* clipped to the cosines three unit vectors allow given rho and rho_g (and to [0, 1])."""
+    a, b = math.acos(min(max(rho, -1.0), 1.0)), math.acos(min(max(rho_g, -1.0), 1.0))
+    return float(min(max(rho_star, math.cos(min(a + b, math.pi)), 0.0), math.cos(abs(a - b))))
 
 
 def level_concordance(scores, levels) -> float:
@@ -37,9 +76,7 @@ def level_concordance(scores, levels) -> float:
     for i, a in enumerate(distinct):
         for b in distinct[i + 1:]:
             x, y = scores[levels == a], scores[levels == b]
-            greater = (x[:, None] > y[None, :]).sum()
-            ties = (x[:, None] == y[None, :]).sum()
-            wins += greater + 0.5 * ties
+            wins += (x[:, None] > y[None, :]).sum() + 0.5 * (x[:, None] == y[None, :]).sum()
             pairs += x.size * y.size
     return float(wins / pairs) if pairs else float("nan")
 
@@ -57,125 +94,311 @@ def oracle_accuracy(samples, eta: float, seed: int) -> float:
 
 
 @dataclass
-class Calibration:
-    """The theory's parameters as measured on the sweep."""
+class VariantCalibration:
+    """The theory's parameters for one (generator, eps) variant, where each came from, and its regime gate."""
 
-    generator_accuracy: dict[tuple[str, float], float]  # variant -> binary-mapped accuracy
-    trace_accuracy: dict[tuple[str, float], float]  # variant -> measured trace accuracy
-    oracle_accuracy: dict[float, float]  # eta -> oracle accuracy
-    oracle_source: str
-    dims: dict[tuple[str, float], dict[str, Any]]  # variant -> fit details
-    dim: float | None
-    dim_variant: tuple[str, float] | None
+    variant: tuple[str, float]
+    trace_accuracy: float | None
+    rho: float
+    rho_maps: dict[str, float]  # rho under each accuracy map (the one used is Calibration.task)
+    rho_source: str
+    rho_star: float
+    rho_star_source: str
+    rho_g: float
+    rho_g_source: str
+    dim: float | None = None
+    lam: float | None = None
+    dim_source: str = "not fitted"
+    fit: dict[str, Any] | None = None
+    curve: list[tuple[float, float]] = field(default_factory=list)  # the random learning curve: (kept, theory error)
+    world_dim: float | None = None  # d as set by a linear world (to compare the fit with)
+    verifier: str = "truth"  # what the correctness filter agrees with: "truth" (reference answers) or "oracle"
+    gate: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def geometry(self, eta: float = 0.0) -> tuple[float, float, float]:
+        """(rho, rho*, rho_g) of the clean oracle (oracle noise acts on the scores, see ``pipeline.sweep.predict``)."""
+        return self.rho, self.rho_star, self.rho_g
+
+    @property
+    def in_regime(self) -> bool:
+        """Whether the regime gate passed."""
+        return self.gate.get("outcome") == "in regime"
+
+    def unusable(self) -> str | None:
+        """Why no verdict may rest on this variant's cells (None: it may)."""
+        if not self.in_regime:
+            gate = self.gate
+            if "difference" not in gate:
+                return f"{gate.get('outcome', 'gate unknown')}: {gate.get('reason', '')}".rstrip(": ")
+            versus = "the untouched student" if gate["reference"] == "untouched student" else "chance (0.5)"
+            return (f"{gate['outcome']}: `all` at n = {gate['pool_size']} minus {versus} is "
+                    f"{fmt_ci(tuple(gate['difference']), True)} in error")
+        if self.fit is not None and not self.fit["fit_ok"]:
+            return ("the theory's learning curve does not fit the measured random curve (the median miss "
+                    f"{self.fit['median_miss']:.3f} is more than twice the median interval): the student is not the "
+                    "theory's learner here")
+        return None
+
+
+@dataclass
+class Calibration:
+    """The theory's parameters as measured on the sweep, per variant."""
+
+    task: str  # the accuracy map in use
+    variants: dict[tuple[str, float], VariantCalibration]
+    oracle_concordance: dict[float, float]  # eta -> concordance of the difficulty score with the levels
+    reference: str  # what the gate compares with: "untouched student" or "chance (error 0.5)"
     notes: list[str]
 
+    @property
+    def trace_accuracy(self) -> dict[tuple[str, float], float]:
+        """variant -> the pool's trace accuracy (times 1 - eps), where known."""
+        return {v: c.trace_accuracy for v, c in self.variants.items() if c.trace_accuracy is not None}
 
-def calibrate(meas: Measurements, table, manifest, cfg, samples_of) -> Calibration:
-    """rho from the pool's trace accuracy, rho* from oracle agreement, d_eff from the random learning curve."""
+
+def _variant_fields(meas: Measurements, variant, manifest_entry: dict) -> dict[str, float]:
+    """Median over the variant's trials of each linear-world field they carry, else the pool manifest's ``linear``
+    block (the geometry a linear world set for this generator)."""
+    out = {}
+    for name in ("rho", "rho_star", "rho_g", "lam", "d"):
+        values = [c.trial_mean(name) for k, c in meas.cells.items() if k[:2] == variant]
+        values = [v for v in values if not math.isnan(v)]
+        if values:
+            out[name] = float(np.median(values))
+    world = manifest_entry.get("linear") or {}
+    for name, key in (("rho", "rho"), ("rho_star", "rho_star"), ("rho_g", "rho_g"), ("d", "dim")):
+        if name not in out and world.get(key) is not None:
+            out[name] = float(world[key])
+    return out
+
+
+def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=None) -> Calibration:
+    """Per variant: rho, rho*, rho_g (see the module docstring), d_eff and lambda from the random learning curve,
+    and the regime gate against ``reference_correct`` (the untouched student's verdict per problem; None: chance)."""
+    rs = cfg.report
+    notes: list[str] = []
+    task = rs.task
+    if meas.exact and task != "binary":
+        task = "binary"
+        notes.append("the trials carry exact test errors (a linear world): errors and accuracies use the binary map, "
+                     f"not report.task = {rs.task}")
+    etas = sorted({k[5] for k in meas.cells} | {0.0})
+    concordance: dict[float, float] = {}
+    gens = manifest.get("generators", {})
+    if rs.oracle_accuracy is None and gens and not meas.exact:
+        best = max(gens, key=lambda g: gens[g].get("trace_accuracy") or 0.0)
+        samples = samples_of(best)
+        if samples is not None and "level" in samples and samples["level"].notna().any():
+            concordance = {eta: oracle_accuracy(samples, eta, cfg.grid.seeds[0]) for eta in etas}
+    variants = {}
+    for variant in meas.variants():
+        fields = _variant_fields(meas, variant, gens.get(variant[0], {}))
+        acc = gens.get(variant[0], {}).get("trace_accuracy")
+        acc = None if acc is None else float(acc) * (1.0 - variant[1])
+        maps = {m: rho_from_accuracy(acc, m) for m in ("open_ended", "binary")} if acc is not None else {}
+        if "rho" in fields:
+            rho, rho_source = fields["rho"], "the trial results (set by the world)"
+        elif acc is not None:
+            rho, rho_source = maps[task], f"trace accuracy {acc:.3f} under the {task} map"
+        else:
+            continue
+        if "rho_g" in fields:
+            rho_g, g_source = fields["rho_g"], "the trial results (set by the world)"
+        elif rs.rho_g is not None:
+            rho_g, g_source = rs.rho_g, "report.rho_g"
+        else:
+            rho_g, g_source = 1.0, "difficulty is the generator's own pass rate: the oracle is the generator"
+        if "rho_star" in fields:
+            raw, s_source = fields["rho_star"], "the trial results (set by the world)"
+        elif rho_g >= 1.0 - 1e-9:
+            raw, s_source = rho, "= rho: the oracle is the generator"
+        elif rs.oracle_accuracy is not None:
+            raw, s_source = math.cos(math.pi * (1 - rs.oracle_accuracy)), "report.oracle_accuracy"
+        elif 0.0 in concordance:
+            raw, s_source = math.cos(math.pi * (1 - max(concordance[0.0], 0.5))), "level concordance"
+        else:
+            raw, s_source = rho * rho_g, "rho * rho_g (nothing measured it: errors taken as orthogonal)"
+        rho_star = feasible_rho_star(rho, rho_g, raw)
+        if abs(rho_star - raw) > 1e-6:
+            s_source += f" ({raw:.3f}, clipped to what rho and rho_g allow)"
+        vc = VariantCalibration(variant, acc, rho, maps, rho_source, rho_star, s_source, rho_g, g_source)
+        vc.world_dim = fields.get("d")
+        # A linear world's oracle answers its problems, so the verifier agrees with the oracle; the toy world's
+        # verifier checks the reference answer, the truth.
+        vc.verifier = "oracle" if "rho_star" in fields else "truth"
+        _fit_dimension(meas, vc, task, fields.get("lam"), rs.lam)
+        if vc.dim is None and vc.world_dim is not None:
+            vc.dim, vc.dim_source = vc.world_dim, "d set by the world (no learning curve to fit it on)"
+        vc.gate = _gate(meas, variant, reference_correct)
+        variants[variant] = vc
+    _share_dimension(variants, notes)
+    chance = reference_correct is None or meas.exact
+    reference = "chance (error 0.5)" if chance else "the untouched student"
+    if chance:
+        notes.append("the regime gate compares training on everything at the largest pool with chance (error 0.5): "
+                     + ("the trials carry exact errors (a linear world), whose untrained student is chance"
+                        if meas.exact else "no untouched student was evaluated"))
+    return Calibration(task, variants, concordance, reference, notes)
+
+
+def _curve_points(meas: Measurements, variant, task: str):
+    """The random learning curve: (n, p, kept, theory error, half-width) per random/all cell at eta = 0."""
+    points = []
+    for key, cell in meas.cells.items():
+        if key[:2] != variant or key[3] not in ("random", "all") or key[5] != 0.0:
+            continue
+        kept = cell.trial_mean("kept_problems")
+        kept = key[2] * key[4] if math.isnan(kept) else kept
+        err, lo, hi = meas.error(key)
+        if kept > 0 and not math.isnan(err):
+            points.append((key[2], key[4], kept, float(to_theory(err, task)), float(to_theory((hi - lo) / 2, task))))
+    return sorted(points, key=lambda t: t[2])
+
+
+def fit_dimension(ns, ps, errors, rho: float, lam: float) -> tuple[float, np.ndarray]:
+    """Least-squares d_eff (over log d in [1, 1e8]) of the theory's random-subset error at pool n, keep fraction p
+    against the measured theory-unit errors; returns (d_eff, predicted errors)."""
+    from scipy import optimize
+
     from pipeline.theory import model as theory
 
-    notes: list[str] = []
-    trace = {}
-    gen_acc = {}
-    for variant in meas.variants():
-        gen, eps = variant
-        a = manifest["generators"][gen]["trace_accuracy"] * (1.0 - eps)
-        trace[variant] = a
-        gen_acc[variant] = binary_accuracy(a)
-    etas = sorted({k[5] for k in meas.cells} | {0.0})
-    oracle: dict[float, float] = {}
-    source = "report.oracle_accuracy"
-    if cfg.report.oracle_accuracy is not None:
-        oracle = {eta: 0.5 + (cfg.report.oracle_accuracy - 0.5) * (1 - eta) for eta in etas}
-        notes.append("oracle accuracy from the config; under oracle noise eta it shrinks to "
-                     "0.5 + (a - 0.5)(1 - eta)")
+    ns, ps, errors = (np.asarray(v, dtype=float) for v in (ns, ps, errors))
+
+    def predicted(log_dim):
+        return theory.asymptotic_error_array(np.exp(log_dim) / ns, rho, 0.0, 0.0, "random", ps, lam)
+
+    def loss(log_dim):
+        return float(np.sum((predicted(log_dim) - errors) ** 2))
+
+    coarse = np.linspace(0.0, np.log(1e8), 200)
+    start = coarse[int(np.argmin([loss(x) for x in coarse]))]
+    step = coarse[1] - coarse[0]
+    best = optimize.minimize_scalar(loss, bounds=(max(0.0, start - step), start + step), method="bounded").x
+    return float(np.exp(best)), predicted(best)
+
+
+def _fit_dimension(meas: Measurements, vc: VariantCalibration, task: str, world_lam, fallback_lam: float) -> None:
+    """Fit d_eff (and lambda unless the world set it) on the variant's random learning curve."""
+    from pipeline.theory import model as theory
+
+    vc.lam = world_lam if world_lam is not None else fallback_lam
+    points = _curve_points(meas, vc.variant, task)
+    vc.curve = [(p[2], p[3]) for p in points]
+    sizes = sorted({round(p[2]) for p in points})
+    if len(sizes) < MIN_CURVE_SIZES:
+        vc.notes.append(f"the random learning curve has {len(sizes)} training-set size(s) {sizes}; d_eff needs "
+                        f"{MIN_CURVE_SIZES} or more (random at several p, or more pool sizes)")
+        return
+    ns, ps, kept, ys, halves = (np.array(col, dtype=float) for col in zip(*points))
+    best = None
+    for lam in ((world_lam,) if world_lam is not None else LAMBDAS):
+        dim, predicted = fit_dimension(ns, ps, ys, vc.rho, lam)
+        sse = float(np.sum((predicted - ys) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, dim, lam, predicted)
+    _, dim, lam, predicted = best
+    floor = float(np.arccos(vc.rho) / np.pi)
+    last = float(theory.asymptotic_error(dim / kept.max(), vc.rho, 0.0, 0.0, "all", 1.0, lam))
+    above = (last - floor) / last if last > 0 else 0.0
+    # A systematic miss rejects the fit (a constant offset: a damaged student), not one point near kept = d, where
+    # a single pool draw strays furthest from the theory.
+    scale = np.maximum(halves, meas.resolution if meas.exact else 0.0)
+    systematic = float(np.median(np.abs(predicted - ys))) > 2 * float(np.median(scale))
+    vc.dim, vc.lam = dim, lam
+    vc.dim_source = ("fitted on the random learning curve" +
+                     (" (lambda set by the world)" if world_lam is not None else ", lambda fitted with it"))
+    vc.fit = {"points": [(float(x), float(y)) for x, y in zip(kept, ys)], "sizes": sizes,
+              "rmse": float(np.sqrt(np.mean((predicted - ys) ** 2))), "max_miss": float(np.max(np.abs(predicted - ys))),
+              "median_miss": float(np.median(np.abs(predicted - ys))),
+              "fit_ok": not systematic, "floor": floor, "flattened": bool(above <= FLAT_WITHIN),
+              "above_asymptote": float(above), "below_floor": int(np.sum(ys + halves < floor))}
+    if not vc.fit["flattened"]:
+        vc.notes.append(f"the learning curve has not flattened: at its largest size the fitted theory is "
+                        f"{100 * above:.0f}% above its asymptote ({floor:.3f}); n/d_eff is identified less well")
+    if vc.fit["below_floor"]:
+        vc.notes.append(f"{vc.fit['below_floor']} point(s) of the learning curve lie below the generator's own "
+                        "error, which the theory's learner cannot reach: the student starts from its own knowledge")
+
+
+def _share_dimension(variants: dict, notes: list[str]) -> None:
+    """d_eff belongs to the student and the task, not the generator: a variant without a fit borrows the best fit."""
+    fitted = [v for v in variants.values() if v.dim is not None and v.fit and v.fit["fit_ok"]]
+    if not fitted or all(v.dim is not None for v in variants.values()):
+        return
+    donor = max(fitted, key=lambda v: (len(v.fit["sizes"]), -v.fit["rmse"]))
+    for vc in variants.values():
+        if vc.dim is None:
+            vc.dim, vc.lam = donor.dim, donor.lam
+            vc.dim_source = f"borrowed from {variant_label(donor.variant)}'s learning curve"
+    notes.append(f"d_eff {donor.dim:.1f} and lambda {donor.lam:g} from {variant_label(donor.variant)} serve every "
+                 "generator without a learning curve of its own")
+
+
+def _gate(meas: Measurements, variant, reference_correct) -> dict[str, Any]:
+    """The regime gate: ``all`` at the largest pool against the untouched student (paired) or chance."""
+    sizes = [k[2] for k in meas.cells if k[:2] == variant and k[3] == "all" and k[5] == 0.0]
+    if not sizes:
+        return {"outcome": "gate unknown", "reason": "no `all` cell (p = 1) to check that training helps"}
+    key = (variant[0], variant[1], max(sizes), "all", 1.0, 0.0)
+    p1 = meas.error(key)
+    gate: dict[str, Any] = {"pool_size": key[2], "rule": "all", "p1_error": list(p1)}
+    if reference_correct is not None and meas.cells[key].exact is None:
+        diff = meas.versus(key, reference_correct)
+        acc = bootstrap_mean(np.asarray(reference_correct, dtype=float)[None, :], meas.resamples, meas.confidence,
+                             named_rng("untouched student"))
+        student = (1.0 - acc[0], 1.0 - acc[2], 1.0 - acc[1])
+        gate.update(reference="untouched student", reference_error=list(student), difference=list(diff))
+        ok = diff[2] < 0
+        gate["reason"] = (f"all at n = {key[2]}: error {fmt_ci(p1)} against the untouched student's "
+                          f"{fmt_ci(student)} (paired difference {fmt_ci(diff, True)})")
     else:
-        gen = max(gen_acc, key=gen_acc.get)[0] if gen_acc else next(iter(manifest["generators"]))
-        samples = samples_of(gen)
-        if "level" in samples and samples["level"].notna().any():
-            source = f"concordance of the pass rate ({gen}'s samples) with the problems' levels"
-            for eta in etas:
-                value = oracle_accuracy(samples, eta, cfg.grid.seeds[0])
-                oracle[eta] = float(min(max(value, 0.5), 1.0))
-        else:
-            source = "unavailable"
-            notes.append("the pool has no levels and report.oracle_accuracy is unset: no theory overlay")
-    dims: dict[tuple[str, float], dict[str, Any]] = {}
-    ok = table[(table["status"] == "ok") & (table["kind"] == "grid")]
-    for variant in meas.variants():
-        sub = ok[(ok["generator"] == variant[0]) & (ok["generator_noise"] == variant[1])
-                 & (ok["rule"].isin(["all", "random"])) & (ok["oracle_noise"] == 0)]
-        if sub.empty:
-            continue
-        points = sub.groupby(["pool_size", "rule", "keep_fraction"]).agg(kept=("kept_problems", "mean")).reset_index()
-        xs, ys = [], []
-        for row in points.to_dict("records"):
-            key = (variant[0], variant[1], int(row["pool_size"]), row["rule"], float(row["keep_fraction"]), 0.0)
-            err = meas.error(key)[0]
-            if not math.isnan(err) and row["kept"] > 0:
-                xs.append(float(row["kept"]))
-                ys.append((err) / 2.0)  # theory units: (1 - accuracy) / 2
-        if len(set(xs)) < 2:
-            continue
-        a = gen_acc[variant]
-        try:
-            dim = theory.fit_effective_dim(xs, ys, a, lam=cfg.report.lam)
-        except ValueError as e:
-            notes.append(f"d_eff fit for {variant[0]} failed: {e}")
-            continue
-        rho = theory.cosine_from_accuracy(a)
-        predicted = [theory.asymptotic_error(dim / x, rho, 0.0, 0.0, "all", 1.0, cfg.report.lam) for x in xs]
-        rmse = float(np.sqrt(np.mean((np.array(predicted) - np.array(ys)) ** 2)))
-        floor = (1.0 - a)
-        dims[variant] = {"dim": dim, "points": sorted(zip(xs, ys)), "rmse": rmse, "floor": floor,
-                         "below_floor": int(sum(y < floor for y in ys))}
-    dim = dim_variant = None
-    if dims:
-        dim_variant = max(dims, key=lambda v: (len(dims[v]["points"]), gen_acc[v]))
-        dim = dims[dim_variant]["dim"]
-        if dims[dim_variant]["below_floor"]:
-            notes.append(f"{dims[dim_variant]['below_floor']} point(s) of the learning curve lie below the "
-                         f"generator's own error, which the theory's learner cannot reach: the student was "
-                         "pretrained (it starts from its own knowledge, not from scratch)")
-    else:
-        notes.append("no random/all learning curve with two or more sizes: d_eff not fitted, no theory overlay")
-    return Calibration(gen_acc, trace, oracle, source, dims, dim, dim_variant, notes)
+        gate.update(reference="chance", reference_error=[0.5, 0.5, 0.5],
+                    difference=[p1[0] - 0.5, p1[1] - 0.5, p1[2] - 0.5])
+        ok = p1[2] < 0.5
+        gate["reason"] = f"all at n = {key[2]}: error {fmt_ci(p1)} against chance (0.5)"
+    gate["outcome"] = "in regime" if ok else "not in regime"
+    if not ok:
+        gate["reason"] += ": training on everything does not help beyond the interval"
+    return gate
 
 
 def quality_order(meas: Measurements, cal: Calibration) -> list[tuple[str, float]]:
-    """The measured (generator, eps) variants, weakest first (by the pool's trace accuracy)."""
-    return sorted(meas.variants(), key=lambda v: cal.trace_accuracy.get(v, 0.0))
+    """The measured (generator, eps) variants, weakest first (by rho, then trace accuracy)."""
+    def quality(v):
+        vc = cal.variants.get(v)
+        return (vc.rho, vc.trace_accuracy or 0.0) if vc else (-1.0, 0.0)
+    return sorted(meas.variants(), key=quality)
 
 
 def variant_label(variant, cal: Calibration | None = None) -> str:
-    """A (generator, eps) variant as text, with its trace accuracy when ``cal`` is given."""
+    """A (generator, eps) variant as text, with its trace accuracy (or rho) when ``cal`` is given."""
     gen, eps = variant
     label = gen if not eps else f"{gen} eps={eps:g}"
-    if cal is not None and variant in cal.trace_accuracy:
-        label += f" (acc {cal.trace_accuracy[variant]:.2f})"
+    vc = cal.variants.get(tuple(variant)) if cal is not None else None
+    if vc is not None:
+        label += f" (acc {vc.trace_accuracy:.2f})" if vc.trace_accuracy is not None else f" (rho {vc.rho:.3f})"
     return label
 
 
-def theory_prediction(meas: Measurements, cal: Calibration, cfg, rule: str, label_aware: bool):
-    """The calibrated theory at the measured cells (best p over the measured p grid) and on a dense grid."""
-    from pipeline.theory import model as theory
-
-    if cal.dim is None or 0.0 not in cal.oracle_accuracy:
-        return None
-    variants = quality_order(meas, cal)
-    accs = [cal.generator_accuracy[v] for v in variants]
-    ps = sorted({k[4] for k in meas.cells if k[3] == rule} | {1.0})
-    keep = [p for p in ps if p < 1] or list(theory.DEFAULT_KEEP_FRACTIONS)
-    sizes = meas.sizes()
-    at_cells = theory.predicted_boundary(accs, cal.oracle_accuracy[0.0], cal.dim, pool_sizes=sizes, lam=cfg.report.lam,
-                                         rule="keep_hard", label_aware=label_aware,
-                                         tolerance=cfg.report.tolerance, keep_fractions=keep)
-    lo, hi = min(accs), max(accs)
-    span = max(hi - lo, 0.05)
-    dense_acc = np.linspace(max(0.5, lo - 0.5 * span), min(0.999, hi + 0.5 * span), 30)
-    dense_sizes = np.geomspace(min(sizes) / 2, max(sizes) * 2, 30)
-    dense = theory.predicted_boundary(dense_acc, cal.oracle_accuracy[0.0], cal.dim, pool_sizes=dense_sizes,
-                                      lam=cfg.report.lam, rule="keep_hard", label_aware=label_aware,
-                                      tolerance=cfg.report.tolerance)
-    return {"variants": variants, "sizes": sizes, "at_cells": at_cells, "dense": dense, "keep": keep}
-
+def calibration_json(cal: Calibration, meas: Measurements) -> dict[str, Any]:
+    """``calibration.json``: per generator the theory's parameters, their sources, the fit and the gate."""
+    out: dict[str, Any] = {"task": cal.task, "gate_reference": cal.reference, "notes": cal.notes,
+                           "oracle_concordance_with_levels": {f"{k:g}": v for k, v in cal.oracle_concordance.items()},
+                           "generators": {}}
+    for variant, vc in cal.variants.items():
+        out["generators"][variant_label(variant)] = {
+            "generator": variant[0], "generator_noise": variant[1], "trace_accuracy": vc.trace_accuracy,
+            "rho": vc.rho, "rho_map": cal.task, "rho_by_map": vc.rho_maps, "rho_source": vc.rho_source,
+            "rho_star": vc.rho_star, "rho_star_source": vc.rho_star_source,
+            "rho_g": vc.rho_g, "rho_g_source": vc.rho_g_source,
+            "verifier": {"oracle": "the oracle (a linear world's problems are answered by its oracle)",
+                         "truth": "the reference answer (the truth)"}[vc.verifier],
+            "oracle_noise_model": "a fraction eta of the difficulty scores replaced by uniform random ones (as the "
+                                  "curate stage does), integrated over the kept set; rho* and rho_g stay the clean "
+                                  "oracle's",
+            "d_eff": vc.dim, "lam": vc.lam, "d_eff_source": vc.dim_source, "world_d": vc.world_dim,
+            "learning_curve": vc.fit, "gate": vc.gate, "usable": vc.unusable() is None,
+            "not_usable_because": vc.unusable(), "notes": vc.notes,
+        }
+    return out

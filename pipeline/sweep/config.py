@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -164,23 +164,45 @@ class LoopConfig(Frozen):
 
 
 class ReportSettings(Frozen):
-    """What the report computes."""
+    """What the report computes, and how it calibrates the theory (docs/sweep.md, "Verdicts")."""
 
     tiers: dict[str, tuple[int, ...]] = Field(
         default_factory=lambda: {"seen": (1, 2, 3), "hard": (4, 5, 6)},
-        description="Named groups of levels reported beside each level; 'hard' is the tier of prediction (ii).",
+        description="Named groups of levels reported beside each level.",
     )
-    hard_tier: str | None = Field("hard", description="The tier that prediction (ii) checks (a key of tiers; "
+    hard_tier: str | None = Field("hard", description="The tier drawn in error_vs_p_<tier>.png (a key of tiers; "
                                   "null when the evaluation problems have no levels).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples (seeds and problems) per interval.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of every interval.")
-    small_keep_fraction: float = Field(0.1, gt=0, le=1, description="Prediction (i): 'p <= this' counts as small.")
-    oracle_accuracy: float | None = Field(
-        None, ge=0.5, le=1, description="Oracle accuracy for the theory (rho* = cos(pi (1 - a))). None: measured as "
-        "the concordance of the (noised) difficulty score with the problems' levels.",
+    task: Literal["open_ended", "binary"] = Field(
+        "open_ended", description="How accuracies map to the theory's cosines. open_ended: a wrong answer counts as "
+        "a coin flip on the theory's binary label, so rho = cos(pi (1 - a) / 2) and a measured error e is e / 2 in "
+        "theory units; binary: the task is the theory's own binary label, rho = cos(pi (1 - a)) and errors are taken "
+        "as they are. Trials that carry an exact_error (a linear world) are binary whatever this says.",
     )
-    lam: float = Field(1e-3, gt=0, description="Ridge penalty of the theory's learner.")
-    tolerance: float = Field(0.01, ge=0, lt=1, description="Theory: a rule 'pays' when E(best)/E(1) < 1 - tolerance.")
+    rho_g: float | None = Field(
+        None, ge=0, le=1, description="Cosine of the difficulty oracle with the generator. None: taken from the trial "
+        "results when they carry rho_g (a linear world sets it), else 1: difficulty is the generator's own pass "
+        "rate, so the oracle is the generator and rho* = rho.",
+    )
+    oracle_accuracy: float | None = Field(
+        None, ge=0.5, le=1, description="Accuracy of an oracle independent of the generator (rho* = cos(pi (1 - a))), "
+        "used when rho_g < 1 and the trials do not carry rho_star. None: the concordance of the difficulty score "
+        "with the problems' levels.",
+    )
+    lam: float = Field(1e-3, gt=0, description="Ridge penalty of the theory's learner where the learning curve "
+                       "cannot fit it, and the second penalty the report shows keep_hard's prediction at.")
+    small_n_over_d: float = Field(2.0, gt=0, description="Prediction (ii) looks only at pool sizes with "
+                                  "n / d_eff at most this.")
+    small_keep_fraction: float = Field(0.1, gt=0, le=1, description="Prediction (i)'s secondary, LIMO/s1-style "
+                                       "criterion: whether some p <= this beats p = 1 (reported, never the verdict).")
+    exact_resolution: float | None = Field(
+        None, gt=0, lt=0.5, description="Smallest half-width of an interval over exact test errors (a linear "
+        "world): the spread between pool draws that one draw's exact error does not show. None: 0.15 / sqrt(d), "
+        "twice the spread measured at d = 100 with one seed (0.015 there); more seeds measure it instead.",
+    )
+    tolerance: float = Field(0.01, ge=0, lt=1, description="Theory overlay: a rule 'pays' when E(best)/E(1) < "
+                             "1 - tolerance.")
 
 
 class SweepConfig(Frozen):

@@ -4,6 +4,12 @@ phase-diagram entry and rule winner of a cell, and the collapse-loop chains.
 Statistics. Every trial is scored on the same held-out problems, so a cell is a seeds x problems matrix of verdicts.
 Intervals are percentile bootstraps that resample seeds and problems together; a difference between two cells is
 bootstrapped on the paired matrix (same seeds, same problems), and "significant" means its interval excludes 0.
+
+A trial whose result carries ``exact_error`` (a linear teacher-student world, whose test error is computed exactly)
+has no problems to resample: its cell is the per-seed exact errors, bootstrapped over seeds, and every interval is at
+least +-``resolution`` wide, because the exact error of one pool draw still hides the spread between pool draws. By
+default that half-width is 0.15 / sqrt(d) (``SPREAD_AT_UNIT_DIM``): twice the spread measured in a linear world at
+d = 100 with one seed (exact errors against the theory: rms 0.007 away from kept = d, up to 0.05 at kept = d).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from pipeline.sweep.config import family_baseline
 from pipeline.sweep.layout import RESULT_FILE, SCORES_FILE, TRIALS_DIR, round_dirname
 
 OVERALL = "overall"
+# What a linear world's trial result carries (top level of result.json, or as columns of the results table).
+LINEAR_FIELDS = ("d", "rho", "rho_star", "rho_g", "lam", "n", "p", "exact_error")
+SPREAD_AT_UNIT_DIM = 0.15  # default half-width of an exact cell's interval: this / sqrt(d)
 
 
 # -- cells and intervals -------------------------------------------------------------------------------------------
@@ -34,14 +43,40 @@ class Cell:
     seeds: list[int]
     matrix: np.ndarray
     trials: list[dict[str, Any]] = field(default_factory=list)
+    exact: np.ndarray | None = None  # per-seed exact test errors (a linear world); None: scored on problems
 
     @property
     def variant(self) -> tuple[str, float]:
+        """(generator, eps) of the cell."""
         return self.key[0], self.key[1]
 
     def trial_mean(self, name: str) -> float:
-        """Mean over the cell's trials of a curation figure (``kept_rows``, ``kept_trace_accuracy``)."""
-        return float(np.mean([t.get(name, np.nan) for t in self.trials]))
+        """Mean over the cell's trials of a trial figure (``kept_rows``, ``kept_trace_accuracy``, ``rho``); NaN
+        when no trial has it."""
+        values = [_number(t.get(name)) for t in self.trials]
+        values = [v for v in values if not math.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def trial_fields(run_dir: Path, row: dict[str, Any]) -> dict[str, float]:
+    """The linear-world fields (``LINEAR_FIELDS``) of a trial: from the results table's columns, else from the top
+    level of its result.json (or a ``linear`` block in it); the fields it lacks are left out."""
+    found = {k: _number(row.get(k)) for k in LINEAR_FIELDS if not math.isnan(_number(row.get(k)))}
+    if len(found) < len(LINEAR_FIELDS):
+        path = run_dir / TRIALS_DIR / str(row.get("trial_id")) / RESULT_FILE
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        for source in (result, result.get("linear") or {}):
+            for k in LINEAR_FIELDS:
+                if k not in found and not math.isnan(_number(source.get(k))):
+                    found[k] = _number(source[k])
+    return found
 
 
 def named_rng(*names: object) -> np.random.Generator:
@@ -76,20 +111,29 @@ class Measurements:
     """The sweep's trials as cells over one held-out problem index, with error statistics per group of levels."""
 
     def __init__(self, run_dir: Path, table, groups: dict[str, np.ndarray], problem_ids: list[str],
-                 resamples: int, confidence: float) -> None:
+                 resamples: int, confidence: float, resolution: float | None = None) -> None:
+        self.run_dir = Path(run_dir)
         self.groups = groups
         self.resamples = resamples
         self.confidence = confidence
+        self._resolution = resolution
         index = {pid: i for i, pid in enumerate(problem_ids)}
         ok = table[(table["status"] == "ok") & (table["kind"] == "grid")]
         by_key: dict[tuple, list[dict]] = {}
         for row in ok.to_dict("records"):
             key = (row["generator"], float(row["generator_noise"]), int(row["pool_size"]), row["rule"],
                    float(row["keep_fraction"]), float(row["oracle_noise"]))
-            by_key.setdefault(key, []).append(row)
+            by_key.setdefault(key, []).append({**row, **trial_fields(run_dir, row)})
         self.cells: dict[tuple, Cell] = {}
+        dims: list[float] = []
         for key, rows in by_key.items():
             rows.sort(key=lambda r: r["seed"])
+            seeds = [int(r["seed"]) for r in rows]
+            if all("exact_error" in r for r in rows):
+                exact = np.array([r["exact_error"] for r in rows], dtype=float)
+                dims.extend(r["d"] for r in rows if "d" in r)
+                self.cells[key] = Cell(key, seeds, np.zeros((len(rows), 0)), rows, exact)
+                continue
             matrix = np.full((len(rows), len(problem_ids)), np.nan)
             for i, row in enumerate(rows):
                 scores = _read_scores(run_dir / TRIALS_DIR / row["trial_id"] / SCORES_FILE)
@@ -97,14 +141,39 @@ class Measurements:
                     j = index.get(pid)
                     if j is not None:
                         matrix[i, j] = correct
-            self.cells[key] = Cell(key, [int(r["seed"]) for r in rows], matrix, rows)
+            self.cells[key] = Cell(key, seeds, matrix, rows)
         self._stats: dict[tuple, tuple[float, float, float]] = {}
+        self._dim = float(np.median(dims)) if dims else None
+
+    @property
+    def resolution(self) -> float:
+        """Smallest half-width of an exact cell's interval: the configured one, else 0.15 / sqrt(d)."""
+        if self._resolution is not None:
+            return self._resolution
+        return SPREAD_AT_UNIT_DIM / math.sqrt(self._dim) if self._dim else 0.015
+
+    @property
+    def exact(self) -> bool:
+        """Whether the cells carry exact test errors (a linear world) rather than held-out verdicts."""
+        return any(c.exact is not None for c in self.cells.values())
+
+    def _widen(self, t: tuple[float, float, float]) -> tuple[float, float, float]:
+        est, lo, hi = t
+        return est, min(lo, est - self.resolution), max(hi, est + self.resolution)
+
+    def _exact_bootstrap(self, values: np.ndarray, memo) -> tuple[float, float, float]:
+        """Mean of per-seed values with a seed bootstrap, at least +-resolution wide."""
+        est, lo, hi = bootstrap_mean(values[:, None], self.resamples, self.confidence, named_rng(*memo))
+        return self._widen((est, lo, hi))
 
     def error(self, key: tuple, group: str = OVERALL) -> tuple[float, float, float]:
         """(error, low, high) of a cell on a group of problems; NaNs when the cell was not measured."""
         if key not in self.cells:
             return (float("nan"),) * 3
         memo = (key, group)
+        cell = self.cells[key]
+        if cell.exact is not None:
+            return self._exact_bootstrap(cell.exact, memo) if group == OVERALL else (float("nan"),) * 3
         if memo not in self._stats:
             mask = self.groups[group]
             acc, lo, hi = bootstrap_mean(self.cells[key].matrix[:, mask], self.resamples, self.confidence,
@@ -118,6 +187,14 @@ class Measurements:
             return (float("nan"),) * 3
         ca, cb = self.cells[a], self.cells[b]
         common = [s for s in ca.seeds if s in cb.seeds]
+        if ca.exact is not None or cb.exact is not None:
+            if ca.exact is None or cb.exact is None or group != OVERALL:
+                return (float("nan"),) * 3
+            if common:
+                diff = ca.exact[[ca.seeds.index(s) for s in common]] - cb.exact[[cb.seeds.index(s) for s in common]]
+            else:
+                diff = np.array([ca.exact.mean() - cb.exact.mean()])
+            return self._exact_bootstrap(diff, ("diff", a, b))
         if common:
             ma = ca.matrix[[ca.seeds.index(s) for s in common]]
             mb = cb.matrix[[cb.seeds.index(s) for s in common]]
@@ -127,6 +204,16 @@ class Measurements:
         d, lo, hi = bootstrap_mean((mb - ma)[:, mask], self.resamples, self.confidence, named_rng("diff", a, b, group))
         return d, lo, hi
 
+    def versus(self, key: tuple, correct: np.ndarray, group: str = OVERALL) -> tuple[float, float, float]:
+        """Error of a cell minus that of a reference model scored on the same problems (``correct``: its verdict
+        per problem of the index), with a paired interval; NaNs for an exact cell or an unmeasured one."""
+        if key not in self.cells or self.cells[key].exact is not None:
+            return (float("nan"),) * 3
+        m = self.cells[key].matrix
+        ref = np.broadcast_to(np.asarray(correct, dtype=float), m.shape)
+        mask = self.groups[group]
+        return bootstrap_mean((ref - m)[:, mask], self.resamples, self.confidence, named_rng("versus", key, group))
+
     # -- views -----------------------------------------------------------------------------------------------------
 
     def variants(self) -> list[tuple[str, float]]:
@@ -134,9 +221,11 @@ class Measurements:
         return sorted({c.variant for c in self.cells.values()})
 
     def sizes(self, variant=None) -> list[int]:
+        """Pool sizes measured (for one variant, or any)."""
         return sorted({k[2] for k in self.cells if variant is None or k[:2] == tuple(variant)})
 
     def rules(self) -> list[str]:
+        """Rules measured."""
         return sorted({k[3] for k in self.cells})
 
     def curve(self, variant, n: int, rule: str, eta: float = 0.0) -> list[tuple[float, tuple]]:
@@ -149,6 +238,7 @@ class Measurements:
         return sorted(points)
 
     def baseline(self, variant, n: int, rule: str) -> tuple:
+        """The key of a rule's p = 1 cell (its family's baseline) at (variant, n)."""
         return (variant[0], variant[1], n, family_baseline(rule), 1.0, 0.0)
 
 
@@ -239,7 +329,9 @@ def loop_rounds(run_dir: Path, table) -> dict[str, list[dict[str, Any]]]:
         result = json.loads((trial_dir / RESULT_FILE).read_text())
         rounds = []
         for entry in result["rounds"]:
-            scores = pd.read_parquet(trial_dir / round_dirname(entry["round"]) / SCORES_FILE)
+            path = trial_dir / round_dirname(entry["round"]) / SCORES_FILE
+            # A linear world's round may carry only its exact_error: no per-problem scores to read.
+            scores = pd.read_parquet(path) if path.is_file() else None
             rounds.append({**entry, "scores": scores})
         chains[row["rule"]] = rounds
     return chains
@@ -250,6 +342,8 @@ def round_matrix(rounds, problem_ids: list[str]) -> np.ndarray:
     index = {pid: i for i, pid in enumerate(problem_ids)}
     m = np.full((len(rounds), len(problem_ids)), np.nan)
     for r, entry in enumerate(rounds):
+        if entry.get("scores") is None:
+            continue
         for pid, c in zip(entry["scores"]["problem_id"], entry["scores"]["correct"]):
             if pid in index:
                 m[r, index[pid]] = c

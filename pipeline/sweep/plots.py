@@ -106,34 +106,33 @@ def plot_winner(tables, cal: Calibration, path: Path) -> bool:
     return True
 
 
-def plot_theory(pred, phase, cal: Calibration, tolerance: float, path: Path) -> bool:
-    """``theory_overlay.png``: the calibrated theory's ratio, boundary and best p, measured cells on top;
-    False without a calibrated theory."""
+def plot_theory(over, phase, cal: Calibration, tolerance: float, path: Path) -> bool:
+    """``theory_overlay.png``: the calibrated theory's keep-hard ratio, boundary and best p over (n, rho), measured
+    keep-hard cells on top; False without a calibrated theory (``over`` is :func:`pipeline.sweep.predict.overlay`)."""
     plt = pyplot()
-    if pred is None:
+    if over is None:
         return False
-    dense = pred["dense"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    x, y = dense.pool_sizes, dense.generator_accuracy
-    im = axes[0].pcolormesh(x, y, dense.ratio, cmap="RdBu", vmin=0.6, vmax=1.4, shading="auto")
-    if np.nanmin(dense.ratio_vs_baseline) < 1 - tolerance < np.nanmax(dense.ratio_vs_baseline):
-        axes[0].contour(x, y, dense.ratio_vs_baseline, levels=[1 - tolerance], colors="k", linewidths=1.5)
+    x, y = over.pool_sizes, over.rho
+    im = axes[0].pcolormesh(x, y, over.ratio, cmap="RdBu", vmin=0.6, vmax=1.4, shading="auto")
+    if np.nanmin(over.ratio_vs_baseline) < 1 - tolerance < np.nanmax(over.ratio_vs_baseline):
+        axes[0].contour(x, y, over.ratio_vs_baseline, levels=[1 - tolerance], colors="k", linewidths=1.5)
     axes[0].set_xscale("log")
     fig.colorbar(im, ax=axes[0], label="E(best p)/E(1)")
-    axes[0].set_title(f"theory: {dense.rule}{'+correct' if dense.label_aware else ''}, d_eff={cal.dim:.0f}, "
-                      f"oracle acc={cal.oracle_accuracy[0.0]:.2f}\n(black: predicted boundary, where the rule "
-                      "beats p = 1 and random; squares: measured,\nthick edge: significant)", fontsize=8)
+    axes[0].set_title(f"theory: keep_hard, d_eff={over.dim:.0f}, lambda={over.lam:g}, oracle: {over.oracle}\n"
+                      "(black: where keep-hard beats p = 1 and random; squares: measured,\nthick edge: significant)",
+                      fontsize=8)
     axes[0].set_xlabel("pool size n")
-    axes[0].set_ylabel("generator accuracy (binary-mapped)")
+    axes[0].set_ylabel(f"generator cosine rho ({cal.task} map)")
     if phase is not None:
         for i, v in enumerate(phase["variants"]):
             for j, n in enumerate(phase["sizes"]):
                 r = phase["ratio"][i, j]
-                if np.isfinite(r):
-                    axes[0].scatter([n], [cal.generator_accuracy[v]], c=[r], cmap="RdBu", vmin=0.6, vmax=1.4,
-                                    marker="s", s=160, edgecolors="k" if phase["significant"][i, j] else "gray",
-                                    linewidths=2 if phase["significant"][i, j] else 0.8)
-    im = axes[1].pcolormesh(x, y, np.log10(dense.best_p), cmap="viridis", vmin=-2, vmax=0, shading="auto")
+                if np.isfinite(r) and v in cal.variants:
+                    sig = phase["significant"][i, j]
+                    axes[0].scatter([n], [cal.variants[v].rho], c=[r], cmap="RdBu", vmin=0.6, vmax=1.4, marker="s",
+                                    s=160, edgecolors="k" if sig else "gray", linewidths=2 if sig else 0.8)
+    im = axes[1].pcolormesh(x, y, np.log10(over.best_p), cmap="viridis", vmin=-2, vmax=0, shading="auto")
     axes[1].set_xscale("log")
     fig.colorbar(im, ax=axes[1], label="log10 predicted best p")
     axes[1].set_title("theory: best keep fraction", fontsize=9)
@@ -144,27 +143,31 @@ def plot_theory(pred, phase, cal: Calibration, tolerance: float, path: Path) -> 
     return True
 
 
-def plot_learning_curve(cal: Calibration, lam: float, path: Path) -> bool:
-    """``learning_curve.png``: the random-subset learning curve beside the theory at the fitted d_eff;
-    False without a fit."""
+def plot_learning_curve(cal: Calibration, path: Path) -> bool:
+    """``learning_curve.png``: each variant's random-subset learning curve, with the theory at its fitted d_eff and
+    lambda where there is a fit; False without any curve."""
     from pipeline.theory import model as theory
 
     plt = pyplot()
-    if not cal.dims:
+    curves = {v: vc for v, vc in sorted(cal.variants.items()) if vc.curve}
+    if not curves:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for i, (variant, fit) in enumerate(sorted(cal.dims.items())):
-        xs, ys = zip(*fit["points"])
+    for i, (variant, vc) in enumerate(curves.items()):
+        xs, ys = zip(*vc.curve)
         ax.plot(xs, ys, "o", color=f"C{i}", label=f"{variant_label(variant, cal)} measured")
+        ax.axhline(math.acos(min(vc.rho, 1.0)) / math.pi, color=f"C{i}", ls=":", lw=1)
+        if vc.fit is None:
+            continue
         grid = np.geomspace(min(xs) / 2, max(xs) * 2, 60)
-        rho = theory.cosine_from_accuracy(cal.generator_accuracy[variant])
-        pred = [theory.asymptotic_error(fit["dim"] / g, rho, 0.0, 0.0, "all", 1.0, lam) for g in grid]
-        ax.plot(grid, pred, "-", color=f"C{i}", label=f"theory, d_eff={fit['dim']:.0f}")
-        ax.axhline(fit["floor"], color=f"C{i}", ls=":", lw=1)
+        pred = theory.asymptotic_error_array(vc.dim / grid, vc.rho, 0.0, 0.0, "all", 1.0, vc.lam)
+        ax.plot(grid, pred, "-", color=f"C{i}", label=f"theory, d_eff={vc.dim:.0f}, lambda={vc.lam:g}"
+                + ("" if vc.fit["fit_ok"] else " (rejected)"))
     ax.set_xscale("log")
     ax.set_xlabel("training problems (random subsets)")
-    ax.set_ylabel("error in theory units, (1 - acc)/2")
-    ax.set_title("learning curve and the fitted effective dimension\n(dotted: the generator's own error)", fontsize=9)
+    ax.set_ylabel(f"error in theory units ({cal.task} map)")
+    ax.set_title("learning curve and the fitted effective dimension (no line: under 4 sizes,\nnot fitted; dotted: "
+                 "the generator's own error)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

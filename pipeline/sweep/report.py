@@ -1,16 +1,25 @@
-"""The sweep report: measurements beside the theory, and a verdict for each prediction of theory.md §5.
+"""The sweep report: measurements beside the calibrated theory, and a verdict for each prediction of theory.md §5.
 
 ``write_report(run_dir, cfg, table, manifest, reference)`` writes ``run_dir/report/``:
 
-- ``report.md``: setup, timing, the verdict table, the phase-diagram numbers, the rule-winner map, the theory's
-  calibration and its predicted boundary beside the measured one, every grid cell with its interval, the oracle-noise
-  and collapse-loop results, and every failed trial;
-- ``results.csv`` (one row per trial) and ``cells.csv`` (one row per cell, seeds pooled, with intervals);
+- ``report.md`` (the human view): setup, the verdicts, the calibration and regime gate per generator, the
+  phase-diagram numbers, the rule-winner map, the theory at two ridge penalties, every grid cell with its measured and
+  predicted error, the oracle-noise and collapse-loop results, and every failed trial;
+- ``results.csv``: one row per trial: ``rule`` (the YAML rule name), ``n`` (pool size), ``p`` (the theory's keep
+  fraction: for label-aware rules the fraction kept by difficulty before the correctness filter), ``seed``,
+  ``error`` (the trained student's overall test error; the exact error when the trial carries one),
+  ``predicted_error``, a linear world's ``d``, ``rho``, ``rho_star``, ``rho_g``, ``lam``, and the trial's status,
+  ``failure`` text and metrics;
+- ``cells.csv``: one row per cell, seeds pooled, with intervals and the predicted error;
+- ``calibration.json``: per generator rho (and under which map), rho*, rho_g, d_eff, lambda, where each came from,
+  the learning-curve fit and the regime gate's outcome with its errors and intervals;
+- ``verdicts.json``: per prediction ``i`` ... ``v``: ``verdict`` (consistent / inconsistent / untestable),
+  ``evidence`` and the judged ``cells``;
 - PNGs: ``error_vs_p.png`` (and ``error_vs_p_<tier>.png``), ``phase_diagram.png``, ``rule_winner.png``,
   ``theory_overlay.png``, ``learning_curve.png``, ``oracle_noise.png``, ``collapse_loop.png``.
 
-The numbers come from :mod:`pipeline.sweep.measure` (cells and intervals), :mod:`pipeline.sweep.calibrate` (the
-theory beside them) and :mod:`pipeline.sweep.verdicts`; the figures from :mod:`pipeline.sweep.plots`.
+The numbers come from :mod:`pipeline.sweep.measure`, :mod:`pipeline.sweep.calibrate`, :mod:`pipeline.sweep.predict`
+and :mod:`pipeline.sweep.verdicts`; the figures from :mod:`pipeline.sweep.plots`.
 """
 
 from __future__ import annotations
@@ -23,15 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.sweep.calibrate import Calibration, calibrate, quality_order, theory_prediction, variant_label
-from pipeline.sweep.config import LABEL_AWARE_RULES, SCORED_RULES
+from pipeline.sweep.calibrate import Calibration, calibrate, calibration_json, quality_order
 from pipeline.sweep.layout import REFERENCE_DIR, REPORT_DIR
-from pipeline.sweep.measure import (OVERALL, Measurements, bootstrap_mean, fmt, fmt_ci, loop_rounds, named_rng,
-                                    phase_cell, round_matrix, rule_winner, significant_below)
+from pipeline.sweep.markdown import markdown
+from pipeline.sweep.measure import OVERALL, Measurements, loop_rounds, phase_cell, rule_winner, significant_below
 from pipeline.sweep.plots import (plot_error_vs_p, plot_learning_curve, plot_loop, plot_oracle_noise, plot_phase,
                                   plot_theory, plot_winner)
 from pipeline.sweep.pool import pool_samples, read_scores
-from pipeline.sweep.verdicts import (INCONCLUSIVE, verdict_i, verdict_ii, verdict_iii, verdict_iv, verdict_v)
+from pipeline.sweep.predict import Predictor, overlay
+from pipeline.sweep.verdicts import all_verdicts
+
+RESULT_FIELDS = ("d", "rho", "rho_star", "rho_g", "lam")
 
 
 # -- tables (for the markdown and the figures) ---------------------------------------------------------------------
@@ -88,29 +99,79 @@ def _groups(levels: np.ndarray, tiers: dict[str, tuple[int, ...]]) -> dict[str, 
     return groups
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def cell_rows(meas: Measurements, cal: Calibration, group_names: list[str]) -> list[dict[str, Any]]:
-    """One dict per cell: its axes, seeds, errors with intervals per group, and the difference to its p = 1."""
+def cell_rows(meas: Measurements, cal: Calibration, pred: Predictor, group_names: list[str]) -> list[dict[str, Any]]:
+    """One dict per cell: its axes, seeds, errors with intervals per group, the difference to its p = 1, and the
+    calibrated theory's error there (at the fitted lambda)."""
     rows = []
-    for key in sorted(meas.cells, key=lambda k: (-cal.trace_accuracy.get(k[:2], 0), k[2], k[3], k[4], k[5])):
+    for key in sorted(meas.cells, key=lambda k: (-(cal.variants[k[:2]].rho if k[:2] in cal.variants else 0),
+                                                 k[2], k[3], k[4], k[5])):
         cell = meas.cells[key]
         base = meas.baseline(key[:2], key[2], key[3])
         row = {"generator": key[0], "generator_noise": key[1], "pool_size": key[2], "rule": key[3],
                "keep_fraction": key[4], "oracle_noise": key[5], "seeds": len(cell.seeds),
                "kept_rows": cell.trial_mean("kept_rows"),
-               "kept_trace_accuracy": cell.trial_mean("kept_trace_accuracy")}
+               "kept_trace_accuracy": cell.trial_mean("kept_trace_accuracy"),
+               "p_theory": pred.p_theory(key[:2], key[3], key[4], key[5])}
         for g in group_names:
             e = meas.error(key, g)
             row[f"error_{g}"], row[f"error_{g}_low"], row[f"error_{g}_high"] = e
         d = meas.difference(key, base) if key != base else (0.0, 0.0, 0.0)
         row["minus_p1"], row["minus_p1_low"], row["minus_p1_high"] = d
+        row["predicted_error"] = pred.key_error(key)
+        row["predicted_minus_p1"] = row["predicted_error"] - pred.key_error(base)
         rows.append(row)
     return rows
+
+
+def results_rows(table, meas: Measurements, pred: Predictor):
+    """``results.csv``: the trials table with ``n``, the theory's ``p``, the numeric ``error``, ``predicted_error``
+    and a linear world's fields; the failure text moves to ``failure``."""
+    from pipeline.sweep.measure import trial_fields
+
+    out = table.rename(columns={"error": "failure"}).copy()
+    fields = {}
+    for cell in meas.cells.values():
+        for t in cell.trials:
+            fields[t["trial_id"]] = t
+    ns, ps, errors, predicted = [], [], [], []
+    extra = {k: [] for k in RESULT_FIELDS}
+    for row in out.to_dict("records"):
+        f = fields.get(row["trial_id"]) or (trial_fields(meas.run_dir, row) if row.get("status") == "ok" else {})
+        variant = (row.get("generator"), float(row.get("generator_noise") or 0.0))
+        ns.append(row.get("pool_size"))
+        # The trial's own count comes first (a linear world's `p`, else the curation's theory_keep_fraction, taken
+        # from the ranks it realised); the calibrated geometry's estimate only where neither was recorded.
+        theory_p = f.get("p")
+        if theory_p is None and _finite(row.get("theory_keep_fraction")):
+            theory_p = float(row["theory_keep_fraction"])
+        if theory_p is None and row.get("kind") == "grid":
+            theory_p = pred.p_theory(variant, row["rule"], float(row["keep_fraction"]), float(row["oracle_noise"]))
+        ps.append(theory_p if theory_p is not None else row.get("keep_fraction"))
+        accuracy = row.get("accuracy_overall")
+        errors.append(f.get("exact_error", 1.0 - accuracy if accuracy is not None and accuracy == accuracy
+                            else float("nan")))
+        key = (variant[0], variant[1], row.get("pool_size"), row.get("rule"), row.get("keep_fraction"),
+               row.get("oracle_noise"))
+        predicted.append(pred.key_error(key) if row.get("kind") == "grid" else float("nan"))
+        for k in RESULT_FIELDS:
+            extra[k].append(f.get(k, float("nan")))
+    # A linear world's trials already bring n, p and its fields as columns: the values here (which read them first)
+    # replace them, placed next to the cell's axes.
+    out = out.drop(columns=[c for c in ("n", "p", "predicted_error", *RESULT_FIELDS) if c in out.columns])
+    out.insert(out.columns.get_loc("rule") + 1, "n", ns)
+    out.insert(out.columns.get_loc("n") + 1, "p", ps)
+    out.insert(out.columns.get_loc("seed") + 1, "error", errors)
+    out.insert(out.columns.get_loc("error") + 1, "predicted_error", predicted)
+    for k in RESULT_FIELDS:
+        out[k] = extra[k]
+    return out
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def write_report(run_dir: str | os.PathLike, cfg, table, manifest: dict[str, Any], reference: dict[str, Any],
@@ -124,36 +185,48 @@ def write_report(run_dir: str | os.PathLike, cfg, table, manifest: dict[str, Any
         manifest: the pool manifest (``pipeline.sweep.pool.build_pools``).
         reference: the reference evaluation's metrics (student and generators before curation).
         timing: seconds per phase and the load average, shown in the report.
-        figures: draw the PNGs (off: tables and verdicts only).
+        figures: draw the PNGs (off: tables, files and verdicts only).
     """
     import pandas as pd
 
     run_dir = Path(run_dir)
     out = run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "results.csv", index=False)
     rs = cfg.report
-
-    student = read_scores(run_dir / REFERENCE_DIR, "student")
-    problem_ids = student["problem_id"].tolist()
-    levels = pd.to_numeric(student["level"], errors="coerce").to_numpy(dtype=float)
+    try:
+        student = read_scores(run_dir / REFERENCE_DIR, "student")
+    except (FileNotFoundError, OSError):
+        student = None  # a linear world has no untouched student: the gate compares with chance
+    if student is not None:
+        problem_ids = student["problem_id"].tolist()
+        levels = pd.to_numeric(student["level"], errors="coerce").to_numpy(dtype=float)
+    else:
+        problem_ids, levels = [], np.array([])
     groups = _groups(levels, rs.tiers)
-    meas = Measurements(run_dir, table, groups, problem_ids, rs.bootstrap, rs.confidence)
+    meas = Measurements(run_dir, table, groups, problem_ids, rs.bootstrap, rs.confidence, rs.exact_resolution)
     samples_cache: dict[str, Any] = {}
 
     def samples_of(gen):
         if gen not in samples_cache:
-            samples_cache[gen] = pool_samples(manifest, gen)
+            try:
+                samples_cache[gen] = pool_samples(manifest, gen)
+            except (KeyError, FileNotFoundError, OSError):
+                samples_cache[gen] = None
         return samples_cache[gen]
 
+    reference_correct = student["correct"].to_numpy(dtype=float) if student is not None else None
     with np.errstate(all="ignore"):  # the theory returns NaN (shown as n/a) where a calibration is degenerate
-        cal = calibrate(meas, table, manifest, cfg, samples_of)
-    group_names = [OVERALL] + [g for g in rs.tiers if g in groups]
-    cells = cell_rows(meas, cal, group_names)
+        cal = calibrate(meas, manifest, cfg, samples_of, reference_correct)
+        pred = Predictor(cal)
+        group_names = [OVERALL] + [g for g in rs.tiers if g in groups]
+        cells = cell_rows(meas, cal, pred, group_names)
+        results_rows(table, meas, pred).to_csv(out / "results.csv", index=False)
     pd.DataFrame(cells).to_csv(out / "cells.csv", index=False)
-    student_error = 1.0 - float(np.mean(student["correct"]))
+    _write_json(out / "calibration.json", calibration_json(cal, meas))
+    student_error = 1.0 - float(np.mean(reference_correct)) if student is not None else None
     hard_mask = groups.get(rs.hard_tier)
-    student_hard_error = 1.0 - float(np.mean(student["correct"].to_numpy()[hard_mask])) if hard_mask is not None else None
+    student_hard_error = (1.0 - float(np.mean(reference_correct[hard_mask]))
+                          if hard_mask is not None and student is not None else None)
 
     drawn: dict[str, str] = {}
     if figures and meas.cells:
@@ -163,228 +236,53 @@ def write_report(run_dir: str | os.PathLike, cfg, table, manifest: dict[str, Any
             name = f"error_vs_p_{rs.hard_tier}.png"
             plot_error_vs_p(meas, cal, out / name, rs.hard_tier, student_hard_error)
             drawn[name] = f"the same on the '{rs.hard_tier}' tier"
-    curated_rules = [r for r in ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct", "random",
-                                 "correct_only") if r in meas.rules()]
-    phase = phase_tables(meas, cal, [r for r in curated_rules if r != "correct_only"])
+    curated_rules = [r for r in ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct", "random")
+                     if r in meas.rules()]
+    phase = phase_tables(meas, cal, curated_rules)
     if figures and plot_phase(phase, cal, out / "phase_diagram.png"):
         drawn["phase_diagram.png"] = "best p and E(best p)/E(1) over (n, generator quality), per rule"
     winners = winner_table(meas, cal)
     if figures and plot_winner(winners, cal, out / "rule_winner.png"):
         drawn["rule_winner.png"] = "which rule wins: E(keep-hard) - E(keep-easy) at matched p"
-    theory_rule = "keep_hard" if "keep_hard" in phase else ("keep_hard_correct" if "keep_hard_correct" in phase else None)
-    pred = None
-    if theory_rule is not None:
-        with np.errstate(all="ignore"):
-            pred = theory_prediction(meas, cal, cfg, theory_rule, theory_rule == "keep_hard_correct")
-    if figures and plot_theory(pred, phase.get(theory_rule) if theory_rule else None, cal, rs.tolerance,
-                   out / "theory_overlay.png"):
-        drawn["theory_overlay.png"] = "the calibrated theory's predicted ratio and boundary, measured cells on top"
-    if figures and plot_learning_curve(cal, rs.lam, out / "learning_curve.png"):
-        drawn["learning_curve.png"] = "the random-subset learning curve and the fitted effective dimension"
+    with np.errstate(all="ignore"):
+        over = overlay(cal, meas.sizes())
+    if figures and plot_theory(over, phase.get("keep_hard"), cal, rs.tolerance, out / "theory_overlay.png"):
+        drawn["theory_overlay.png"] = "the calibrated theory's keep-hard ratio and boundary, measured cells on top"
+    if figures and plot_learning_curve(cal, out / "learning_curve.png"):
+        drawn["learning_curve.png"] = "the random-subset learning curve and the fitted d_eff and lambda"
     if figures and plot_oracle_noise(meas, cal, out / "oracle_noise.png"):
         drawn["oracle_noise.png"] = "curated error against oracle noise eta"
     chains = loop_rounds(run_dir, table)
-    if figures and plot_loop(chains, problem_ids, student_error, rs.bootstrap, rs.confidence, out / "collapse_loop.png"):
+    if figures and plot_loop(chains, problem_ids, student_error, rs.bootstrap, rs.confidence,
+                             out / "collapse_loop.png"):
         drawn["collapse_loop.png"] = "held-out accuracy per round of the collapse loop, per rule"
 
-    verdicts = [verdict_i(meas, cal, rs.small_keep_fraction), verdict_ii(meas, cal, rs.hard_tier),
-                verdict_iii(meas, cal), verdict_iv(meas, cal),
-                verdict_v(chains, problem_ids, rs.bootstrap, rs.confidence)]
-    (out / "verdicts.json").write_text(json.dumps(verdicts, indent=1) + "\n")
+    with np.errstate(all="ignore"):
+        verdicts = all_verdicts(meas, cal, cfg, chains, problem_ids)
+    _write_json(out / "verdicts.json", verdicts)
 
-    md = _markdown(cfg, table, manifest, reference, timing, meas, cal, cells, group_names, phase, winners, pred,
-                   chains, problem_ids, verdicts, drawn, student_error)
+    md = markdown(cfg, table, manifest, reference, timing, meas, cal, pred, cells, group_names, phase, winners,
+                   chains, problem_ids, verdicts, drawn)
     path = out / "report.md"
     path.write_text(md)
     return path
 
 
-def _markdown(cfg, table, manifest, reference, timing, meas, cal, cells, group_names, phase, winners, pred, chains,
-              problem_ids, verdicts, figures, student_error) -> str:
-    rs = cfg.report
-    conf = int(round(100 * rs.confidence))
-    ok = int((table["status"] == "ok").sum())
-    parts = [f"# Sweep report: {cfg.name}", ""]
-    parts.append(
-        f"{len(table)} trials ({ok} ok, {len(table) - ok} failed or missing) on one shared pool; student "
-        f"`{cfg.finetune.student}`, budget `{cfg.finetune.budget}` "
-        + (f"({cfg.finetune.steps} steps x {cfg.finetune.batch_size} rows, compute-matched)"
-           if cfg.finetune.budget == "steps" else f"({cfg.finetune.epochs:g} epochs, epoch-matched)")
-        + f"; evaluation: {'greedy' if cfg.evaluate.greedy else f'{cfg.evaluate.n} samples'} on "
-        f"{len(problem_ids)} held-out problems, the same for every trial; {_seeds_text(cfg)}. "
-        f"Intervals: {conf}% bootstrap over seeds and problems; differences are paired. Error = 1 - accuracy.")
-    if timing:
-        parts += ["", f"Time: {timing.get('total_seconds', '?')} s before this report (pool {timing.get('pool_seconds')} s, "
-                  f"reference {timing.get('reference_seconds')} s, trials {timing.get('trial_seconds')} s); "
-                  f"load average before/after: {timing.get('load_average_before')} / "
-                  f"{timing.get('load_average_after')} on {timing.get('cpus')} CPUs."]
-    parts += ["", "## Verdicts (theory.md §5)", ""]
-    parts.append(_md_table(["", "prediction", "verdict", "evidence"],
-                           [[v["id"], v["prediction"], f"**{v['verdict']}**", v["evidence"]] for v in verdicts]))
-
-    parts += ["", "## Pool and references", ""]
-    rows = []
-    for name, g in manifest["generators"].items():
-        by_level = " ".join(f"L{k}:{v:.2f}" for k, v in g["trace_accuracy_by_level"].items())
-        rows.append([name, f"`{g['model']}`", g["problems"], g["samples"], fmt(g["trace_accuracy"]),
-                     by_level or "-", fmt(g["solved_any"])])
-    parts.append(_md_table(["generator", "model", "problems", "samples", "trace accuracy", "by level",
-                            "solved by >= 1 sample"], rows))
-    parts += ["", "Held-out accuracy before any curation (greedy unless configured otherwise):", ""]
-    ref_rows = []
-    for name, model in reference.get("models", {}).items():
-        metric = "greedy_accuracy" if "greedy_accuracy" in model["metrics"] else next(iter(model["metrics"]))
-        entries = model["metrics"][metric]
-        ref_rows.append([name] + [fmt_ci((e["value"], e["ci_low"], e["ci_high"])) for e in entries.values()])
-        header = ["model"] + list(entries.keys())
-    if ref_rows:
-        parts.append(_md_table(header, ref_rows))
-
-    parts += ["", "## Phase diagram (measured)", "",
-              "Per rule: best p over the measured keep fractions (p = 1 included) and E(best p)/E(1) at each "
-              "(generator, n); `*` marks a best p whose paired difference to p = 1 has an interval below 0.", ""]
-    for rule, t in phase.items():
-        header = ["generator \\ n"] + [str(n) for n in t["sizes"]]
-        rows = []
-        for i, v in enumerate(t["variants"]):
-            row = [variant_label(v, cal)]
-            for j in range(len(t["sizes"])):
-                b = t["best_p"][i, j]
-                if np.isnan(b):
-                    row.append("-")
-                else:
-                    d = t["difference"][i][j]
-                    row.append(f"p*={b:g}, ratio {t['ratio'][i, j]:.3f}{'*' if t['significant'][i, j] else ''}, "
-                               f"E-E(1) {fmt_ci(d, True)}")
-            rows.append(row)
-        parts += [f"**{rule}**", "", _md_table(header, rows), ""]
-    if winners:
-        parts += ["## Which rule wins", ""]
-        for hard, easy, variants, sizes, grid in winners:
-            rows = []
-            for v, row in zip(variants, grid):
-                cells_txt = []
-                for w in row:
-                    if w is None:
-                        cells_txt.append("-")
-                        continue
-                    name = {1: hard, -1: easy, 0: "neither"}[w["sign"]]
-                    detail = ", ".join(f"p={p:g}: {fmt_ci(d, True)}" for p, d in w["differences"].items())
-                    cells_txt.append(f"{name} ({detail})")
-                rows.append([variant_label(v, cal)] + cells_txt)
-            parts += [f"E({hard}) - E({easy}) at matched p (negative: {hard} better):", "",
-                      _md_table(["generator \\ n"] + [str(n) for n in sizes], rows), ""]
-
-    parts += ["## Theory beside the measurements", ""]
-    cal_rows = [[variant_label(v), fmt(cal.trace_accuracy[v]), fmt(a), fmt(math.cos(math.pi * (1 - a)))]
-                for v, a in cal.generator_accuracy.items()]
-    parts.append(_md_table(["generator", "trace accuracy", "binary-mapped accuracy", "rho"], cal_rows))
-    parts += ["", f"Oracle ({cal.oracle_source}): " + ", ".join(
-        f"eta={eta:g}: accuracy {a:.3f}, rho* {math.cos(math.pi * (1 - a)):.3f}" for eta, a in
-        sorted(cal.oracle_accuracy.items())) if cal.oracle_accuracy else "Oracle: not measured."]
-    if cal.dims:
-        parts += ["", "Effective dimension fitted on the random/all learning curve (errors in theory units):", ""]
-        parts.append(_md_table(["generator", "d_eff", "points (kept, error)", "rmse"],
-                               [[variant_label(v), f"{f['dim']:.1f}",
-                                 ", ".join(f"({x:.0f}, {y:.3f})" for x, y in f["points"]), f"{f['rmse']:.4f}"]
-                                for v, f in cal.dims.items()]))
-    if pred is not None:
-        at = pred["at_cells"]
-        parts += ["", f"Predicted at the measured cells (keep_hard, best p over {pred['keep']}):", ""]
-        rows = []
-        for i, v in enumerate(pred["variants"]):
-            row = [variant_label(v, cal)]
-            for j, n in enumerate(pred["sizes"]):
-                measured = phase.get("keep_hard") or phase.get("keep_hard_correct")
-                m_txt = ""
-                if measured is not None and np.isfinite(measured["ratio"][i, j]):
-                    m_txt = f"; measured p*={measured['best_p'][i, j]:g}, {measured['ratio'][i, j]:.3f}"
-                row.append(f"p*={at.best_p[i, j]:g}, ratio {at.ratio[i, j]:.3f}, "
-                           f"{'hard' if at.hard_beats_easy[i, j] else 'easy'} wins{m_txt}")
-            rows.append(row)
-        parts.append(_md_table(["generator \\ n"] + [str(n) for n in pred["sizes"]], rows))
-        mp = pred["dense"].min_pool_size
-        parts += ["", "Predicted smallest pool from which keep-hard pays (beats p = 1 and random by the tolerance): "
-                  + ", ".join(f"acc {a:.2f}: {'never on the grid' if np.isnan(m) else f'n >= {m:.0f}'}"
-                              for a, m in list(zip(pred["dense"].generator_accuracy, mp))[::6]) + "."]
-    for note in cal.notes:
-        parts.append(f"- {note}")
-
-    parts += ["", "## Every grid cell", "",
-              f"Errors with {conf}% intervals; `E - E(1)` is the paired difference to the family's p = 1 cell "
-              "(negative: less is more).", ""]
-    header = ["generator", "eps", "n", "rule", "p", "eta", "seeds", "kept rows", "kept trace acc"] + \
-             [f"error {g}" for g in group_names] + ["E - E(1)"]
-    rows = []
-    for c in cells:
-        rows.append([c["generator"], f"{c['generator_noise']:g}", c["pool_size"], c["rule"], f"{c['keep_fraction']:g}",
-                     f"{c['oracle_noise']:g}", c["seeds"], f"{c['kept_rows']:.0f}", fmt(c["kept_trace_accuracy"], 2)]
-                    + [fmt_ci((c[f"error_{g}"], c[f"error_{g}_low"], c[f"error_{g}_high"])) for g in group_names]
-                    + [fmt_ci((c["minus_p1"], c["minus_p1_low"], c["minus_p1_high"]), True)])
-    parts.append(_md_table(header, rows) if rows else "No grid cell finished.")
-
-    if chains:
-        parts += ["", "## Collapse loop", ""]
-        rows = []
-        for rule, rounds in sorted(chains.items()):
-            m = round_matrix(rounds, problem_ids)
-            for r, entry in enumerate(rounds):
-                acc = bootstrap_mean(m[r][None, :], rs.bootstrap, rs.confidence, named_rng("loop-md", rule, r))
-                rows.append([rule, entry["round"], entry["data_source"], fmt(entry["data_trace_accuracy"], 2),
-                             entry["curation"]["kept_rows"], fmt(entry["curation"]["kept_trace_accuracy"], 2),
-                             fmt_ci(acc)])
-        parts.append(_md_table(["rule", "round", "data from", "data trace acc", "kept rows", "kept trace acc",
-                                "held-out accuracy"], rows))
-
-    failed = table[table["status"] != "ok"]
-    parts += ["", "## Failed or missing trials", ""]
-    if failed.empty:
-        parts.append("None.")
-    else:
-        parts.append(_md_table(["trial", "status", "error"],
-                               [[r["trial_id"], r["status"], str(r["error"])] for r in failed.to_dict("records")]))
-
-    parts += ["", "## Figures", ""] + [f"- `{name}`: {text}" for name, text in figures.items()]
-    parts += ["", "## Reading this report", ""]
-    parts += _reading_notes(meas, winners, verdicts)
-    return "\n".join(parts) + "\n"
+def _plain(value):
+    """A value for the JSON files: numpy scalars and arrays as Python ones, tuples as lists, NaN and inf as null
+    (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
-def _seeds_text(cfg) -> str:
-    """The seeds of the grid, naming the blocks that set their own (theory.md §5: more seeds at the corners)."""
-    own = [f"{b.name} {list(b.seeds)}" for b in cfg.grid.blocks if b.seeds is not None]
-    return f"seeds {list(cfg.grid.seeds)}" + (f" ({', '.join(own)})" if own else "")
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(_plain(data), indent=1, allow_nan=False) + "\n")
 
 
-def _reading_notes(meas: Measurements, winners, verdicts) -> list[str]:
-    notes = [
-        "- The theory is a linear teacher-student model; its calibration here (binary-mapped accuracies, an "
-        "effective dimension fitted on one learning curve, a pretrained student) is an interpretation, so compare "
-        "directions and boundaries, not absolute errors.",
-        "- Compute-matched training (the default) gives every cell the same optimizer steps: a small kept set is "
-        "seen for many epochs. A gain from small p that vanishes under `finetune.budget: epochs` is about "
-        "optimization, not data geometry (theory.md §5, 'what refutes it').",
-    ]
-    separated = any(w is not None and w["sign"] != 0 for _, _, _, _, grid in winners for row in grid for w in row)
-    if winners and not separated:
-        notes.append(
-            "- Keep-hard and keep-easy did not separate beyond the interval anywhere on this grid. What would make "
-            "them separate: more held-out problems per level (the interval shrinks as 1/sqrt(problems)), more "
-            "seeds, larger pools so that p = 0.1 still holds hundreds of problems, a student whose hard tier "
-            "depends only on the curated data (pretrained on the easy levels alone), and a wider generator-quality "
-            "gap (a generator near-perfect on the hard tier against one that mostly fails it).")
-    label_agnostic_scored = [rule for rule in SCORED_RULES if rule not in LABEL_AWARE_RULES]
-    wrong = sorted({(k[0], k[2], k[4]) for k, cell in meas.cells.items()
-                    if k[3] in label_agnostic_scored and k[4] < 1 and cell.trial_mean("kept_trace_accuracy") < 0.1})
-    if wrong:
-        cells = ", ".join(f"{g} n={n} p={p:g}" for g, n, p in wrong[:4]) + (", ..." if len(wrong) > 4 else "")
-        notes.append(
-            f"- Label-agnostic cells whose kept traces are almost all wrong ({cells}): the rule kept problems that no "
-            "sample solved and trains on one of their (wrong) completions, so the cell measures training on wrong "
-            "answers as much as difficulty. The label-aware rules (keep_hard_correct, keep_easy_correct) keep "
-            "verified traces only; they are the fairer test of keep-hard on such a pool. Oracle noise can then "
-            "look like it helps: random scores swap some unsolved problems for solved ones.")
-    if all(v["verdict"] == INCONCLUSIVE for v in verdicts):
-        notes.append("- Every verdict is inconclusive at this scale: the differences between cells are within the "
-                     "intervals. The same grid at larger n, with more seeds and held-out problems, is the next step.")
-    return notes

@@ -77,7 +77,9 @@ def rewrite_report(cfg: SweepConfig, console=None) -> dict[str, Any]:
     errors = {}
     if previous.is_file():
         old = pd.read_csv(previous)
-        errors = {r["trial_id"]: str(r["error"]) for r in old[old["status"] == "error"].to_dict("records")}
+        # The failure text is `failure` since results.csv gained the numeric `error` column (older reports: `error`).
+        column = "failure" if "failure" in old else "error"
+        errors = {r["trial_id"]: str(r[column]) for r in old[old["status"] == "error"].to_dict("records")}
     table = results_table(specs, None, run_dir, errors=errors)
     timing_path = run_dir / TIMING_FILE
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None

@@ -1,217 +1,408 @@
-"""A verdict for each prediction of theory.md §5, from the measured cells: confirmed, refuted or inconclusive, with the
-evidence as text."""
+"""A verdict for each prediction of theory.md §5, conditioned on the calibrated theory: ``consistent``,
+``inconsistent`` or ``untestable``, with the evidence as text and the cells it rests on.
+
+A cell is *judged* only where the calibrated theory predicts the effect at that cell by more than the measurement
+resolves: the predicted difference between the two cells compared exceeds the width of their measured paired
+interval. Then the measured interval either lies on the predicted side of 0 (agrees) or excludes the predicted value
+(disagrees): a judged comparison is always decisive. Cells are left out, with the reason, when their generator
+fails the regime gate or its calibration, when the theory does not predict the effect there, or when the `random`
+control at the same (n, p) is missing. No judged cell: ``untestable``. Every judged cell agrees: ``consistent``.
+"""
 
 from __future__ import annotations
 
-from pipeline.sweep.calibrate import Calibration, quality_order
-from pipeline.sweep.measure import (OVERALL, Measurements, bootstrap_mean, fmt_ci, named_rng, phase_cell,
-                                    round_matrix, rule_winner, significant_above, significant_below)
+import math
+from typing import Any
 
-CONFIRMED, REFUTED, INCONCLUSIVE = "confirmed", "refuted", "inconclusive"
+from pipeline.sweep.calibrate import Calibration, from_theory, quality_order, variant_label
+from pipeline.sweep.measure import Measurements, bootstrap_mean, fmt_ci, named_rng, round_matrix
+from pipeline.sweep.predict import THEORY_RULES, Predictor
 
+CONSISTENT, INCONSISTENT, UNTESTABLE = "consistent", "inconsistent", "untestable"
+MIN_LOOP_ROUNDS = 4
+VERIFIER_RHO_STAR = 0.9999  # the toy loop's verifier checks reference answers: an all-but-perfect oracle
 
 PREDICTIONS = {
-    "(i)": "At large n with a strong generator, keep-hard (or keep-hard and correct) at p <= {small} beats p = 1 "
-           "beyond the 95% interval, and the best p moves down as n grows.",
-    "(ii)": "For small n, a weak generator, or the hard tier, error falls monotonically as p rises to 1 "
-            "(more is more).",
-    "(iii)": "The keep-hard vs keep-easy winner flips across the generator-quality axis (hard for the strong "
-             "generator, easy for the weak one).",
-    "(iv)": "A noisier oracle shrinks the less-is-more region.",
-    "(v)": "In the collapse loop, all-data degrades while the verified curated loop stays flat or improves.",
+    "i": "Where the calibrated theory predicts less is more, the best p < 1 of keep-hard (or keep-hard and correct) "
+         "beats p = 1 and `random` at the same p beyond the interval, with best p <= 0.5, not rising with n.",
+    "ii": "At small n/d, label-agnostic keep-hard error falls monotonically as p rises to 1 (more is more).",
+    "iii": "The keep-hard vs keep-easy winner flips across generator quality: hard for the strong generator, easy "
+           "for the weak one.",
+    "iv": "Where a less-is-more region exists, a noisier oracle shrinks it.",
+    "v": "Over four or more rounds of the collapse loop, all-data degrades while the verified curated loop stays flat "
+         "or improves.",
 }
 
 
-def _verdict(pid: str, verdict: str, evidence: str, small: float = 0.1) -> dict[str, str]:
-    return {"id": pid, "prediction": PREDICTIONS[pid].format(small=f"{small:g}"), "verdict": verdict,
-            "evidence": evidence}
+def _verdict(pid: str, verdict: str, evidence: str, cells=()) -> dict[str, Any]:
+    return {"prediction": PREDICTIONS[pid], "verdict": verdict, "evidence": evidence, "cells": list(cells)}
 
 
-def verdict_i(meas: Measurements, cal: Calibration, small: float) -> dict[str, str]:
-    """Prediction (i): at the strongest generator's largest n, keep-hard at p <= ``small`` against p = 1, and
-    whether the best p moves down as n grows."""
-    variants = quality_order(meas, cal)
+def _compare(meas: Measurements, pred: Predictor, a: tuple, b: tuple) -> dict[str, Any]:
+    """E(a) - E(b): predicted, measured with its paired interval, whether the theory's prediction is resolvable
+    (|predicted| > interval width) and whether the measurement agrees with its direction."""
+    predicted = pred.key_error(a) - pred.key_error(b)
+    measured = meas.difference(a, b)
+    width = measured[2] - measured[1]
+    testable = bool(math.isfinite(predicted) and math.isfinite(width) and abs(predicted) > width)
+    agrees = bool(measured[2] < 0) if predicted < 0 else bool(measured[1] > 0)
+    return {"predicted": predicted, "measured": measured, "width": width, "testable": testable, "agrees": agrees}
+
+
+def _text(c: dict[str, Any]) -> str:
+    return f"predicted {c['predicted']:+.3f}, measured {fmt_ci(c['measured'], True)}"
+
+
+def _cell(variant, n, rule, p, outcome: str, **detail) -> dict[str, Any]:
+    return {"generator": variant[0], "generator_noise": variant[1], "n": n, "rule": rule, "p": p,
+            "outcome": outcome, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in detail.items()}}
+
+
+class Judge:
+    """What every verdict shares: the measurements, the calibration and the calibrated theory."""
+
+    def __init__(self, meas: Measurements, cal: Calibration, cfg) -> None:
+        self.meas, self.cal, self.cfg = meas, cal, cfg
+        self.pred = Predictor(cal)
+
+    def usable(self) -> tuple[list, list[str]]:
+        """The variants a verdict may rest on (weakest first), and why the others may not."""
+        ok, skipped = [], []
+        for v in quality_order(self.meas, self.cal):
+            vc = self.cal.variants.get(v)
+            why = "no calibration (no trace accuracy or rho)" if vc is None else vc.unusable()
+            (skipped.append(f"{variant_label(v, self.cal)}: {why}") if why else ok.append(v))
+        return ok, skipped
+
+    def control(self, variant, n: int, p: float, rule: str = "keep_hard") -> tuple:
+        """The control cell of a rule at (n, p): `random_correct` for a label-aware rule where it was measured (the
+        same filter, no ranking), else `random`."""
+        if THEORY_RULES.get(rule, ("", False))[1]:
+            key = (variant[0], variant[1], n, "random_correct", p, 0.0)
+            if key in self.meas.cells:
+                return key
+        return (variant[0], variant[1], n, "random", p, 0.0)
+
+    def missing_control(self, variant, n: int, ps, rule: str = "keep_hard") -> str | None:
+        """The keep fractions without a `random` control at (variant, n), as text (None: all there)."""
+        missing = [p for p in ps if p < 1 and self.control(variant, n, p, rule) not in self.meas.cells]
+        if not missing:
+            return None
+        return (f"{variant_label(variant)} n={n}: the `random` control is missing at p = "
+                + ", ".join(f"{p:g}" for p in missing))
+
+    def geometry(self, variant) -> str:
+        """A variant's calibrated parameters as text, for the evidence."""
+        vc = self.cal.variants[variant]
+        d = "unknown" if vc.dim is None else f"{vc.dim:.0f}"
+        return (f"rho {vc.rho:.3f}, rho* {vc.rho_star:.3f}, rho_g {vc.rho_g:.3f}, d_eff {d}, "
+                f"lambda {vc.lam:g}")
+
+    def no_dim_reason(self, variant, rule: str, ps, widths) -> str:
+        """Why a cell is untestable without d_eff: the effect is unresolvable at any n/d, or n/d is unknown."""
+        gain, nd, p = self.pred.largest_gain(variant, rule, ps)
+        label = variant_label(variant, self.cal)
+        if math.isnan(gain):
+            return f"{label}: the theory has no counterpart of rule {rule}"
+        resolution = min(widths) if widths else float("nan")
+        if not gain > resolution:
+            return (f"{label} ({self.geometry(variant)}): the theory predicts no less-is-more here: at most "
+                    f"E(1) - E({rule}, p) = {gain:+.3f} (p = {p:g}, n/d = {nd:.1f}) over n/d in [0.5, 1000], "
+                    f"under the {resolution:.3f} these cells resolve")
+        notes = self.cal.variants[variant].notes
+        return (f"{label}: d_eff is not calibrated ({notes[0] if notes else 'no learning curve'}); the theory "
+                f"predicts up to {gain:+.3f} at n/d = {nd:.1f}, so n/d decides")
+
+    def curves(self, variant, rule: str, eta: float = 0.0):
+        """(n, curve) with p < 1 and p = 1 measured, n ascending."""
+        out = []
+        for n in self.meas.sizes(variant):
+            curve = self.meas.curve(variant, n, rule, eta)
+            if any(p < 1 for p, _ in curve) and curve and curve[-1][0] == 1.0:
+                out.append((n, curve))
+        return out
+
+
+def _finish(pid: str, judged: list[dict], failures: list[str], reasons: list[str], extra: str = "") -> dict:
+    """The verdict from the judged cells, the failures among them and the reasons others were left out."""
+    left = ("Left out: " + "; ".join(dict.fromkeys(reasons)) + ".") if reasons else ""
+    if not judged:
+        return _verdict(pid, UNTESTABLE, ("No cell where the calibrated theory predicts a resolvable effect. " + left
+                                          + extra).strip())
+    agree = [c for c in judged if c["outcome"] == "agrees"]
+    head = f"{len(agree)} of {len(judged)} judged cell(s) agree with the calibrated prediction"
+    if failures:
+        return _verdict(pid, INCONSISTENT, f"{head}; " + "; ".join(failures) + ". " + left + extra, judged)
+    return _verdict(pid, CONSISTENT, f"{head}: " + "; ".join(c["text"] for c in judged) + ". " + left + extra, judged)
+
+
+def verdict_i(j: Judge) -> dict[str, Any]:
+    """(i): at cells where the theory predicts it, the best p < 1 beats p = 1 and random at that p, p* <= 0.5, and
+    p* does not rise with n; with the LIMO/s1-style p <= small_keep_fraction line as a secondary."""
+    meas, pred = j.meas, j.pred
     rules = [r for r in ("keep_hard", "keep_hard_correct") if r in meas.rules()]
-    if not variants or not rules:
-        return _verdict("(i)", INCONCLUSIVE, "not measured: the grid has no keep_hard / keep_hard_correct cells", small)
-    strong = variants[-1]
-    sizes = meas.sizes(strong)
-    n = sizes[-1]
-    tested = []
-    for rule in rules:
-        for p, key in meas.curve(strong, n, rule):
-            if p <= small + 1e-12:
-                tested.append((rule, p, meas.difference(key, meas.baseline(strong, n, rule))))
-    if not tested:
-        return _verdict("(i)", INCONCLUSIVE, f"not measured: no keep-hard cell with p <= {small:g} at "
-                        f"{strong[0]}, n = {n}", small)
-    better = [t for t in tested if significant_below(t[2])]
-    worse = [t for t in tested if significant_above(t[2])]
-    listing = "; ".join(f"{r} p={p:g}: E - E(1) = {fmt_ci(d, True)}" for r, p, d in tested)
-    trend = ""
-    moves_down = None
-    rule = rules[0]
-    best = [(m, phase_cell(meas, strong, m, rule)) for m in sizes]
-    best = [(m, c.best_p) for m, c in best if c is not None]
-    if len(best) >= 2:
-        ps = [bp for _, bp in best]
-        moves_down = all(b <= a for a, b in zip(ps, ps[1:])) and ps[-1] < ps[0]
-        trend = f" Best p of {rule} at {strong[0]} by n: " + ", ".join(f"n={m}: {bp:g}" for m, bp in best) + "."
-    where = f"{strong[0]} (trace accuracy {cal.trace_accuracy.get(strong, float('nan')):.2f}), n = {n}: "
-    if better and moves_down:
-        return _verdict("(i)", CONFIRMED, where + listing + "." + trend, small)
-    if better:
-        why = " p* does not move down with n." if moves_down is False else " Only one pool size has keep-hard cells."
-        return _verdict("(i)", INCONCLUSIVE, where + listing + "." + trend + why, small)
-    if worse:
-        return _verdict("(i)", REFUTED, where + listing + ": small p is significantly worse than p = 1 where the "
-                        "theory expects it to win." + trend, small)
-    return _verdict("(i)", INCONCLUSIVE, where + listing + ": no difference beyond the interval." + trend, small)
-
-
-def verdict_ii(meas: Measurements, cal: Calibration, hard_tier: str) -> dict[str, str]:
-    """Prediction (ii): at the smallest n, the weakest generator and the hard tier, is p = 1 best?"""
-    variants = quality_order(meas, cal)
-    if not variants:
-        return _verdict("(ii)", INCONCLUSIVE, "no grid cells measured")
-    weak, strong = variants[0], variants[-1]
-    curves = []
-    rules = [r for r in meas.rules() if r not in ("all", "correct_only")]
+    if not rules:
+        return _verdict("i", UNTESTABLE, "Not measured: the grid has no keep_hard / keep_hard_correct cells.")
+    variants, reasons = j.usable()
+    judged, failures, secondary = [], [], []
     for variant in variants:
-        sizes = meas.sizes(variant)
-        for n in sizes:
-            in_region = n == min(meas.sizes()) or variant == weak
-            groups = [OVERALL] if in_region else []
-            if variant == strong and n == sizes[-1] and hard_tier in meas.groups:
-                groups.append(hard_tier)
-            for group in groups:
-                for rule in rules:
-                    curve = meas.curve(variant, n, rule)
-                    if len(curve) >= 2 and curve[-1][0] == 1.0:
-                        curves.append((variant, n, rule, group, curve))
-    if not curves:
-        return _verdict("(ii)", INCONCLUSIVE, "not measured: no curve with p < 1 and p = 1 at the smallest n, the "
-                        "weakest generator or the hard tier")
-    sig_better, sig_worse = [], []
-    for variant, n, rule, group, curve in curves:
-        base = curve[-1][1]
-        diffs = [(p, meas.difference(k, base, group)) for p, k in curve[:-1]]
-        label = f"{variant[0]} n={n} {rule} [{group}]"
-        if any(significant_below(d) for _, d in diffs):
-            p, d = min(diffs, key=lambda t: t[1][0])
-            sig_better.append(f"{label}: p={p:g} {fmt_ci(d, True)}")
-        if significant_above(diffs[0][1]):
-            sig_worse.append(label)
-    evidence = (f"{len(curves)} curves (smallest n = {min(meas.sizes())}, weakest generator {weak[0]}, and the "
-                f"'{hard_tier}' tier at {strong[0]}, n = {meas.sizes(strong)[-1]}): the smallest p is significantly "
-                f"worse than p = 1 in {len(sig_worse)}; some p < 1 is significantly better than p = 1 in "
-                f"{len(sig_better)}")
-    if sig_better:
-        evidence += " (" + "; ".join(sig_better[:4]) + ("; ..." if len(sig_better) > 4 else "") + ")"
-    if not sig_better and sig_worse:
-        return _verdict("(ii)", CONFIRMED, evidence + ".")
-    if sig_better and len(sig_better) >= len(sig_worse):
-        return _verdict("(ii)", REFUTED, evidence + ".")
-    return _verdict("(ii)", INCONCLUSIVE, evidence + ".")
+        vc = j.cal.variants[variant]
+        for rule in rules:
+            best_by_n = []
+            for n, curve in j.curves(variant, rule):
+                ps = [p for p, _ in curve if p < 1]
+                keys = dict(curve)
+                base = keys[1.0]
+                missing = j.missing_control(variant, n, ps, rule)
+                if missing:
+                    reasons.append(missing)
+                    continue
+                if vc.dim is None:
+                    widths = [meas.difference(keys[p], base)[2] - meas.difference(keys[p], base)[1] for p in ps]
+                    reasons.append(j.no_dim_reason(variant, rule, ps, widths))
+                    continue
+                p_pred = min(ps, key=lambda p: (pred.key_error(keys[p]), -p))
+                vs_all = _compare(meas, pred, keys[p_pred], base)
+                vs_random = _compare(meas, pred, keys[p_pred], j.control(variant, n, p_pred, rule))
+                if not (p_pred <= 0.5 and vs_all["predicted"] < 0 and vs_random["predicted"] < 0
+                        and vs_all["testable"] and vs_random["testable"]):
+                    reasons.append(
+                        f"{variant_label(variant, j.cal)} n={n} {rule} ({j.geometry(variant)}): the theory "
+                        "predicts best "
+                        f"p {p_pred:g} with E - E(1) {vs_all['predicted']:+.3f} and E - E(random) "
+                        f"{vs_random['predicted']:+.3f}, against a resolution of {vs_all['width']:.3f} / "
+                        f"{vs_random['width']:.3f}: no resolvable less-is-more here")
+                    continue
+                p_meas = min(ps, key=lambda p: (meas.error(keys[p])[0], -p))
+                m_all = meas.difference(keys[p_meas], base)
+                m_random = meas.difference(keys[p_meas], j.control(variant, n, p_meas, rule))
+                # The measured best p must not be a cell where the theory predicts a resolvable loss to p = 1:
+                # a "win" there contradicts the theory, whatever the predicted best p did.
+                at_meas = _compare(meas, pred, keys[p_meas], base)
+                contradicted = at_meas["predicted"] > at_meas["width"]
+                ok = p_meas <= 0.5 and m_all[2] < 0 and m_random[2] < 0 and not contradicted
+                text = (f"{variant[0]} n={n} {rule}: predicted p* {p_pred:g} ({vs_all['predicted']:+.3f} vs p = 1, "
+                        f"{vs_random['predicted']:+.3f} vs random); measured p* {p_meas:g}, "
+                        f"E - E(1) {fmt_ci(m_all, True)}, "
+                        f"E - E(random) {fmt_ci(m_random, True)}"
+                        + (f", where the theory predicts {at_meas['predicted']:+.3f} vs p = 1" if contradicted else ""))
+                judged.append(_cell(variant, n, rule, p_meas, "agrees" if ok else "disagrees", text=text,
+                                    predicted_best_p=p_pred, measured_minus_p1=m_all, measured_minus_random=m_random))
+                if not ok:
+                    failures.append(text)
+                best_by_n.append((n, p_meas))
+            rising = [(a, b) for a, b in zip(best_by_n, best_by_n[1:]) if b[1] > a[1]]
+            if rising:
+                failures.append(f"{variant[0]} {rule}: the best p rises with n ("
+                                + ", ".join(f"n={n}: {p:g}" for n, p in best_by_n) + ")")
+            small = [(n, p, k) for n, c in j.curves(variant, rule) for p, k in c
+                     if p <= j.cfg.report.small_keep_fraction]
+            for n, p, k in small:
+                d = meas.difference(k, meas.baseline(variant, n, rule))
+                predicted = pred.key_error(k) - pred.key_error(meas.baseline(variant, n, rule))
+                secondary.append((-n, f"{variant[0]} n={n} {rule} p={p:g}: measured E - E(1) {fmt_ci(d, True)}, "
+                                      f"predicted {predicted:+.3f}"))
+    secondary = [t for _, t in sorted(secondary, key=lambda e: e[0])]  # the largest pools first: the claim is there
+    shown = secondary[:4] + ([f"{len(secondary) - 4} more in cells.csv"] if len(secondary) > 4 else [])
+    extra = (" Secondary (LIMO/s1-style, p <= " f"{j.cfg.report.small_keep_fraction:g}; not the verdict): "
+             + "; ".join(shown) + ".") if secondary else ""
+    return _finish("i", judged, failures, reasons, extra)
 
 
-def verdict_iii(meas: Measurements, cal: Calibration) -> dict[str, str]:
-    """Prediction (iii): does the keep-hard vs keep-easy winner flip between the weakest and strongest generator?"""
-    variants = quality_order(meas, cal)
+def verdict_ii(j: Judge) -> dict[str, Any]:
+    """(ii): label-agnostic keep-hard curves at n/d_eff <= small_n_over_d, where the theory predicts error falling
+    monotonically in p by more than the resolution: no significant rise between neighbouring p, p = 1 significantly
+    better than the smallest p, and no p < 1 significantly better than p = 1."""
+    meas, pred = j.meas, j.pred
+    if "keep_hard" not in meas.rules():
+        return _verdict("ii", UNTESTABLE, "Not measured: the grid has no label-agnostic keep_hard cells.")
+    variants, reasons = j.usable()
+    judged, failures = [], []
+    limit = j.cfg.report.small_n_over_d
+    for variant in variants:
+        vc = j.cal.variants[variant]
+        for n, curve in j.curves(variant, "keep_hard"):
+            label = f"{variant_label(variant, j.cal)} n={n}"
+            if vc.dim is None:
+                reasons.append(f"{label}: n/d unknown (d_eff is not calibrated)")
+                continue
+            if n / vc.dim > limit:
+                continue
+            ps = [p for p, _ in curve]
+            if len(ps) < 3:
+                reasons.append(f"{label}: monotonicity needs two or more p < 1 beside p = 1 (has {ps})")
+                continue
+            missing = j.missing_control(variant, n, ps)
+            if missing:
+                reasons.append(missing)
+                continue
+            keys = [k for _, k in curve]
+            predicted = [pred.key_error(k) for k in keys]
+            drop = _compare(meas, pred, keys[0], keys[-1])
+            monotone = all(a >= b for a, b in zip(predicted, predicted[1:]))
+            if not (monotone and drop["predicted"] > 0 and drop["testable"]):
+                reasons.append(f"{label} (n/d {n / vc.dim:.2f}): the theory predicts "
+                               + ", ".join(f"p={p:g}: {e:.3f}" for p, e in zip(ps, predicted))
+                               + f" (resolution {drop['width']:.3f}): not a resolvable monotone fall")
+                continue
+            rises = [(ps[i], ps[i + 1]) for i in range(len(ps) - 1)
+                     if meas.difference(keys[i + 1], keys[i])[1] > 0]
+            beats = [p for p, k in zip(ps[:-1], keys[:-1]) if meas.difference(k, keys[-1])[2] < 0]
+            ok = not rises and not beats and drop["agrees"]
+            text = (f"{variant[0]} n={n} (n/d {n / vc.dim:.2f}): E(p={ps[0]:g}) - E(1) {_text(drop)}"
+                    + (f"; error rises from p={rises[0][0]:g} to {rises[0][1]:g}" if rises else "")
+                    + (f"; p={beats[0]:g} beats p = 1" if beats else ""))
+            judged.append(_cell(variant, n, "keep_hard", ps[0], "agrees" if ok else "disagrees", text=text))
+            if not ok:
+                failures.append(text)
+    if not judged and not any("n/d" in r for r in reasons):
+        reasons.append(f"no usable keep_hard curve at n/d_eff <= {limit:g}")
+    return _finish("ii", judged, failures, reasons)
+
+
+def verdict_iii(j: Judge) -> dict[str, Any]:
+    """(iii): at (n, p) measured for a stronger and a weaker generator, where the theory predicts keep-hard for the
+    stronger and keep-easy for the weaker, each by more than the resolution: both measured winners as predicted."""
+    meas, pred = j.meas, j.pred
     pairs = [(h, e) for h, e in (("keep_hard", "keep_easy"), ("keep_hard_correct", "keep_easy_correct"))
              if h in meas.rules() and e in meas.rules()]
-    if len(variants) < 2 or not pairs:
-        return _verdict("(iii)", INCONCLUSIVE, "not measured: needs keep-hard and keep-easy cells at two or more "
-                        "generator qualities")
-    weak, strong = variants[0], variants[-1]
-    hard, easy = pairs[0]
-    lines, flips, reversed_, same = [], [], [], []
-    for n in sorted(set(meas.sizes(weak)) & set(meas.sizes(strong))):
-        ws, ww = rule_winner(meas, strong, n, hard, easy), rule_winner(meas, weak, n, hard, easy)
-        if ws is None or ww is None:
-            continue
-        name = {1: hard, -1: easy, 0: "neither"}
-        lines.append(f"n={n}: {strong[0]} -> {name[ws['sign']]} (E_hard - E_easy = {ws['mean_difference']:+.3f}), "
-                     f"{weak[0]} -> {name[ww['sign']]} ({ww['mean_difference']:+.3f})")
-        if ws["sign"] == 1 and ww["sign"] == -1:
-            flips.append(n)
-        elif ws["sign"] == -1 and ww["sign"] == 1:
-            reversed_.append(n)
-        elif ws["sign"] == ww["sign"] != 0:
-            same.append(n)
-    if not lines:
-        return _verdict("(iii)", INCONCLUSIVE, f"not measured: no pool size with {hard} and {easy} at matched p for "
-                        f"both {strong[0]} and {weak[0]}")
-    evidence = f"{hard} vs {easy} at matched p < 1: " + "; ".join(lines) + "."
-    if flips:
-        return _verdict("(iii)", CONFIRMED, evidence)
-    if reversed_ or (same and max(same) == max(meas.sizes())):
-        return _verdict("(iii)", REFUTED, evidence + (" The flip goes the other way." if reversed_ else
-                                                      " The same rule wins at both ends of the quality axis."))
-    return _verdict("(iii)", INCONCLUSIVE, evidence + " No significant winner at one or both ends.")
+    variants, reasons = j.usable()
+    if not pairs:
+        return _verdict("iii", UNTESTABLE, "Not measured: needs keep-hard and keep-easy cells.")
+    if len(variants) < 2:
+        return _verdict("iii", UNTESTABLE, "Needs two or more generators in regime with a calibration. "
+                        + "; ".join(reasons) + ".")
+    judged, failures = [], []
+    for hard, easy in pairs:
+        for i, weak in enumerate(variants):
+            for strong in variants[i + 1:]:
+                for n in sorted(set(meas.sizes(weak)) & set(meas.sizes(strong))):
+                    ps = sorted(p for p, _ in j.meas.curve(strong, n, hard) if p < 1
+                                and (weak[0], weak[1], n, hard, p, 0.0) in meas.cells
+                                and (strong[0], strong[1], n, easy, p, 0.0) in meas.cells
+                                and (weak[0], weak[1], n, easy, p, 0.0) in meas.cells)
+                    for p in ps:
+                        missing = (j.missing_control(strong, n, [p], hard)
+                                   or j.missing_control(weak, n, [p], hard))
+                        if missing:
+                            reasons.append(missing)
+                            continue
+                        cs = _compare(meas, pred, (*strong, n, hard, p, 0.0), (*strong, n, easy, p, 0.0))
+                        cw = _compare(meas, pred, (*weak, n, hard, p, 0.0), (*weak, n, easy, p, 0.0))
+                        where = f"n={n} p={p:g} {hard} - {easy}: {strong[0]} {_text(cs)}, {weak[0]} {_text(cw)}"
+                        if not (cs["predicted"] < 0 < cw["predicted"] and cs["testable"] and cw["testable"]):
+                            reasons.append(f"{where} (resolution {cs['width']:.3f} / {cw['width']:.3f}): the theory "
+                                           "predicts no resolvable flip here")
+                            continue
+                        ok = cs["agrees"] and cw["agrees"]
+                        judged.append(_cell(strong, n, hard, p, "agrees" if ok else "disagrees", text=where,
+                                            weaker=weak[0]))
+                        if not ok:
+                            failures.append(where)
+    return _finish("iii", judged, failures, reasons)
 
 
-def verdict_iv(meas: Measurements, cal: Calibration) -> dict[str, str]:
-    """Prediction (iv): does oracle noise make curation worse where it paid at eta = 0?"""
-    variants = quality_order(meas, cal)
-    noisy = [k for k in meas.cells if k[5] > 0]
-    if not variants or not noisy:
-        return _verdict("(iv)", INCONCLUSIVE, "not measured: no cell with oracle noise eta > 0")
-    lines, hurts, helps, regions = [], [], [], []
-    for key in sorted(noisy, key=lambda k: (-cal.trace_accuracy.get(k[:2], 0), -k[2])):
+def verdict_iv(j: Judge) -> dict[str, Any]:
+    """(iv): a noisy-oracle cell whose clean counterpart is a less-is-more region (predicted and measured), where the
+    theory predicts the noise costs more than the resolution: the noisy cell is significantly worse."""
+    meas, pred = j.meas, j.pred
+    noisy = sorted(k for k in meas.cells if k[5] > 0)
+    if not noisy:
+        return _verdict("iv", UNTESTABLE, "Not measured: no cell with oracle noise eta > 0.")
+    variants, reasons = j.usable()
+    judged, failures = [], []
+    for key in noisy:
+        variant, n, rule, p = key[:2], key[2], key[3], key[4]
         clean = key[:5] + (0.0,)
-        if clean not in meas.cells:
+        if variant not in variants or clean not in meas.cells:
+            if clean not in meas.cells:
+                reasons.append(f"{key[0]} n={n} {rule} p={p:g} eta={key[5]:g}: no eta = 0 counterpart")
             continue
-        base = meas.baseline(key[:2], key[2], key[3])
-        gain_clean = meas.difference(clean, base)
-        gain_noisy = meas.difference(key, base)
-        change = meas.difference(key, clean)
-        acc0, acc1 = cal.oracle_accuracy.get(0.0, float("nan")), cal.oracle_accuracy.get(key[5], float("nan"))
-        lines.append(f"{key[0]} n={key[2]} {key[3]} p={key[4]:g}: E - E(1) at eta=0 {fmt_ci(gain_clean, True)}, "
-                     f"at eta={key[5]:g} {fmt_ci(gain_noisy, True)}; E(eta) - E(0) = {fmt_ci(change, True)} "
-                     f"(oracle accuracy {acc0:.2f} -> {acc1:.2f})")
-        regions.append(significant_below(gain_clean))
-        if significant_above(change):
-            hurts.append(key)
-        if significant_below(change):
-            helps.append(key)
-    if not lines:
-        return _verdict("(iv)", INCONCLUSIVE, "not measured: the noisy cells have no eta = 0 counterpart")
-    evidence = "; ".join(lines) + "."
-    if helps:
-        return _verdict("(iv)", REFUTED, evidence + " The noisier oracle curates significantly better.")
-    if hurts and any(regions):
-        return _verdict("(iv)", CONFIRMED, evidence)
-    if not any(regions):
-        return _verdict("(iv)", INCONCLUSIVE, evidence + " There is no less-is-more region at eta = 0 to shrink"
-                        + (" (noise still makes curation significantly worse)." if hurts else "."))
-    return _verdict("(iv)", INCONCLUSIVE, evidence + " The change with noise is within the interval.")
+        missing = j.missing_control(variant, n, [p], rule)
+        if missing:
+            reasons.append(missing)
+            continue
+        where = f"{key[0]} n={n} {rule} p={p:g} eta={key[5]:g}"
+        if j.cal.variants[variant].dim is None:
+            reasons.append(f"{where}: d_eff is not calibrated")
+            continue
+        region = _compare(meas, pred, clean, meas.baseline(variant, n, rule))
+        change = _compare(meas, pred, key, clean)
+        if not (region["predicted"] < 0 and region["testable"]):
+            reasons.append(f"{where}: the theory predicts no resolvable less-is-more at eta = 0 ({_text(region)}): "
+                           "no region to shrink")
+        elif not region["agrees"]:
+            reasons.append(f"{where}: no measured less-is-more region at eta = 0 to shrink ({_text(region)})")
+        elif not (change["predicted"] > 0 and change["testable"]):
+            reasons.append(f"{where}: the theory predicts the noise changes the error by {change['predicted']:+.3f}, "
+                           f"not a resolvable loss (resolution {change['width']:.3f})")
+        else:
+            text = f"{where}: E(eta) - E(0) {_text(change)} (region at eta = 0: {_text(region)})"
+            judged.append(_cell(variant, n, rule, p, "agrees" if change["agrees"] else "disagrees", text=text,
+                                eta=key[5]))
+            if not change["agrees"]:
+                failures.append(text)
+    return _finish("iv", judged, failures, reasons)
 
 
-def verdict_v(chains, problem_ids, resamples: int, confidence: float) -> dict[str, str]:
-    """Prediction (v): does all-data degrade over the loop's rounds while a verified rule does not?"""
-    if "all" not in chains:
-        return _verdict("(v)", INCONCLUSIVE, "not measured: no collapse loop with the all-data rule (loop.rounds)")
+def _loop_change(rounds, problem_ids, resamples, confidence, resolution, rule):
+    """Error of the last round minus the first, with a paired interval (exact errors, preferred when every round
+    has one: +-resolution)."""
+    if all(r.get("exact_error") is not None for r in rounds):
+        d = float(rounds[-1]["exact_error"]) - float(rounds[0]["exact_error"])
+        return d, d - resolution, d + resolution
+    m = round_matrix(rounds, problem_ids)
+    return bootstrap_mean((m[0] - m[-1])[None, :], resamples, confidence, named_rng("loop", rule))
+
+
+def verdict_v(j: Judge, chains, problem_ids) -> dict[str, Any]:
+    """(v): four or more rounds; the theory's loop (verifier as the oracle) at the calibrated point must predict an
+    all-data rise beyond the resolution and a flat or improving verified loop; then both are checked."""
+    from pipeline.theory import model as theory
+
+    rs = j.cfg.report
     verified = [r for r in ("keep_hard_correct", "correct_only", "keep_easy_correct") if r in chains]
-    if not verified or len(chains["all"]) < 2:
-        return _verdict("(v)", INCONCLUSIVE, "not measured: needs a verified rule and two or more rounds")
-
-    def change(rule):
-        m = round_matrix(chains[rule], problem_ids)
-        acc, lo, hi = bootstrap_mean((m[0] - m[-1])[None, :], resamples, confidence, named_rng("loop", rule))
-        return acc, lo, hi  # error(last) - error(first)
-
-    all_change = change("all")
-    main = verified[0]
-    main_change = change(main)
+    if "all" not in chains or not verified:
+        return _verdict("v", UNTESTABLE, "Not measured: needs a collapse loop with `all` and a verified rule.")
     rounds = len(chains["all"])
-    evidence = (f"error change from round 1 to round {rounds}: all {fmt_ci(all_change, True)}, {main} "
-                f"{fmt_ci(main_change, True)}" + "".join(f", {r} {fmt_ci(change(r), True)}" for r in verified[1:]))
-    if significant_above(all_change) and not significant_above(main_change):
-        return _verdict("(v)", CONFIRMED, evidence + ".")
-    if significant_above(main_change) or significant_below(all_change):
-        return _verdict("(v)", REFUTED, evidence + (" The verified loop degrades." if significant_above(main_change)
-                                                    else " All-data improves over the rounds."))
-    return _verdict("(v)", INCONCLUSIVE, evidence + (": all-data does not degrade beyond the interval."
-                                                    if not significant_above(all_change) else "."))
+    if rounds < MIN_LOOP_ROUNDS:
+        return _verdict("v", UNTESTABLE, f"The loop ran {rounds} round(s); the collapse signature needs "
+                        f"{MIN_LOOP_ROUNDS} or more (theory.md §2.6: about +0.013 theory units per round).")
+    variant = (j.cfg.loop_generator, 0.0)
+    vc = j.cal.variants.get(variant)
+    why = "no calibration" if vc is None else vc.unusable() or (None if vc.dim else "d_eff is not calibrated")
+    if why:
+        return _verdict("v", UNTESTABLE, f"The loop's generator {variant[0]}: {why}.")
+    main = verified[0]
+    label = {"all": "all", "correct_only": "correct_only", "keep_hard_correct": "keep_hard+correct",
+             "keep_easy_correct": "keep_easy+correct"}
+    rules = [THEORY_RULES[r] for r in ("all", main)]
+    # The loop's oracle is what verifies it: the reference answers (all but perfect) in the toy world, the
+    # answering oracle in a linear world.
+    oracle = (vc.rho_star, vc.rho_g) if vc.verifier == "oracle" else (VERIFIER_RHO_STAR, None)
+    loop = theory.collapse_loop(vc.rho, oracle[0], j.cfg.loop.pool_size / vc.dim, vc.lam,
+                                j.cfg.loop.keep_fraction, rounds, rho_g=oracle[1], rules=rules)
+    def predicted(rule):
+        e = loop.errors[label[rule]]
+        return float(from_theory(e[rounds] - e[1], j.cal.task))
 
+    change = {r: _loop_change(chains[r], problem_ids, rs.bootstrap, rs.confidence, j.meas.resolution, r)
+              for r in ("all", main)}
+    p_all, p_main = predicted("all"), predicted(main)
+    width = change["all"][2] - change["all"][1]
+    evidence = (f"error change from round 1 to {rounds}: all predicted {p_all:+.3f}, measured "
+                f"{fmt_ci(change['all'], True)}; {main} predicted {p_main:+.3f}, measured {fmt_ci(change[main], True)}")
+    if not (p_all > width and p_main <= width / 2):
+        return _verdict("v", UNTESTABLE, evidence + f": the theory predicts no resolvable collapse here (resolution "
+                        f"{width:.3f}).")
+    ok = change["all"][1] > 0 and not change[main][1] > 0
+    cell = _cell(variant, j.cfg.loop.pool_size, main, j.cfg.loop.keep_fraction, "agrees" if ok else "disagrees",
+                 text=evidence)
+    return _verdict("v", CONSISTENT if ok else INCONSISTENT, evidence + ".", [cell])
+
+
+def all_verdicts(meas: Measurements, cal: Calibration, cfg, chains, problem_ids) -> dict[str, dict[str, Any]]:
+    """``{"i": {...}, ..., "v": {...}}``: each prediction's verdict, evidence and judged cells."""
+    j = Judge(meas, cal, cfg)
+    return {"i": verdict_i(j), "ii": verdict_ii(j), "iii": verdict_iii(j), "iv": verdict_iv(j),
+            "v": verdict_v(j, chains, problem_ids)}

@@ -9,8 +9,13 @@ Sources, tried in this order (the first that yields an answer wins):
    "Answer: ..." phrase, up to the end of its sentence or line;
 4. ``bold``: a short ``**...**`` span on the last non-empty line ("Thus the total is **73**.");
 5. ``bare``: the whole response when it is one short line ("72", "x = 5", "(B)");
-6. ``last_number``: the last number in the response; only when asked for (it turns intermediate results into
+6. ``prose``: only when asked for (``prose=True``), a conclusion stated in words on the last lines ("Therefore,
+   the total is 42.", "Donc $x = 3$."): the last math span of the last sentence that opens with a conclusion word,
+   else what follows its last "is" / "=" / "est" ...;
+7. ``last_number``: the last number in the response; only when asked for (it turns intermediate results into
    false positives).
+
+The answer anchors also read other languages' words for "answer" ("réponse", "respuesta", "Antwort", ...).
 
 Markdown emphasis is stripped from the answer (``**73**`` gives ``73``). Every scan is linear in the response
 length and bounded by ``MAX_ANSWER_CHARS``, so a multi-megabyte or adversarial response costs milliseconds.
@@ -35,7 +40,7 @@ LAST_NUMBER_WINDOW = 10_000
 BARE_MAX_CHARS = 64
 BARE_MAX_WORDS = 6
 
-Source = Literal["boxed", "tag", "hash", "answer_is", "bold", "bare", "last_number"]
+Source = Literal["boxed", "tag", "hash", "answer_is", "bold", "bare", "prose", "last_number"]
 
 _BOXED_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b")
@@ -43,9 +48,39 @@ _BRACE_TOKEN = re.compile(r"\\.|[{}]", re.S)
 _HASH = re.compile(r"####[ \t]*(?P<hash>[^\n]*)")
 # "The answer is", "Final Answer: ", "**Answer:**", "the answer to the question is: " ...
 _ANSWER_IS = re.compile(
-    r"\banswer\b(?:[ \t]+(?:to|for|of)\b[^.\n:=]{0,40}?)?[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|:|=)[ \t]*(?:[*_]{1,2}[ \t]*)?:?",
+    r"\b(?:answer|r[ée]ponse|respuesta|resposta|risposta|antwort|ответ)\b"
+    r"(?:[ \t]+(?:to|for|of|à|a|de|du|al|auf|zu)\b[^.\n:=]{0,40}?)?(?:[ \t]+(?:finale?|final))?"
+    r"[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|est\b|es\b|é\b|è\b|ist\b|lautet\b|:|=|(?=\s*(?:\\\[|\$\$)))[ \t]*(?:[*_]{1,2}[ \t]*)?:?",
     re.IGNORECASE,
 )
+# The first letters of the answer words above: where ``_last_anchor`` looks for an anchor (lower-cased text).
+_ANSWER_WORDS = ("answer", "réponse", "reponse", "respuesta", "resposta", "risposta", "antwort", "ответ")
+# A sentence that states a conclusion: it opens with one of these words, or has one after a comma ("..., so the
+# total is 18"), in any language the anchors read.
+_CONCLUSION = re.compile(
+    r"(?:^|[,;]|\$|\\\]|\\\))[ \t*_]*(?:therefore|thus|hence|so|consequently|finally|in conclusion|in total|altogether|"
+    r"donc|ainsi|alors|par conséquent|por lo tanto|por tanto|entonces|así|portanto|quindi|also|daher|somit|итак|"
+    r"поэтому|所以|因此)\b[ \t,:]*",
+    re.IGNORECASE,
+)
+# What states the value in a conclusion sentence: the answer follows the last of these.
+_COPULA = re.compile(
+    r"\s(?:is|are|equals|was|gives|est|sont|vaut|es|son|ist|sind|é|è|sono|равно|равен)\s+|=|:\s",
+    re.IGNORECASE,
+)
+_MATH_SPAN = re.compile(r"\$\$(?P<d>[^$]{1,2000}?)\$\$|(?<!\\)\$(?P<i>[^$\n]{1,2000}?)(?<!\\)\$|\\\((?P<p>.{1,2000}?)\\\)|\\\[(?P<b>.{1,2000}?)\\\]", re.S)
+#: A conclusion answer longer than this is prose, not an answer.
+PROSE_MAX_CHARS = 80
+#: Conclusions are read in this many final characters and final non-empty lines only.
+PROSE_WINDOW = 4000
+PROSE_LINES = 3
+PROSE_MAX_WORDS = 5
+# What a final sentence without a conclusion word must state: a number (or a sign, a currency, math) first.
+# An anchored answer after the last box replaces it only when it looks like one: a number, math, a choice.
+_COMMITTED = re.compile(r"^(?:[-+\u2212(\[]|\\|\$|€|£|[0-9]|\(?[A-J]\)?$)")
+_STATED_NUMBER = re.compile(r"^(?:[-+\u2212]|\\?\$|€|£)?\s*[0-9.\\]")
+#: Boxes closer than this (connecting text such as ", ", " and ", "(b) ") form one run of answers.
+RUN_GAP_CHARS = 40
 _BOLD = re.compile(r"\*\*(?P<bold>[^*\n]{1,100})\*\*")
 # Starts with a plain character class: the regex engine scans multi-megabyte text for it quickly.
 _NUMBER = re.compile(r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?")
@@ -73,12 +108,19 @@ def clean_text(text: str) -> str:
     return text
 
 
-def extract_answer(text: str, *, last_number_fallback: bool = False) -> Extraction | None:
-    """Return the final answer of ``text`` (see the module docstring for the sources), or None."""
+def extract_answer(text: str, *, last_number_fallback: bool = False, prose: bool = False) -> Extraction | None:
+    """Return the final answer of ``text`` (see the module docstring for the sources), or None.
+
+    ``prose``: also read a conclusion stated in words on the last lines (source ``prose``).
+    """
     text = clean_text(text)
-    boxed = last_boxed(text)
-    if boxed is not None and boxed.strip():
-        return Extraction(strip_markdown(boxed), "boxed")
+    boxed = _last_boxed_span(text)
+    if boxed is not None and boxed[1].strip():
+        # A later "the final answer is 10,455" restates or corrects the boxed one: the response commits to it last.
+        later = _last_anchored(text, after=boxed[0])
+        if later is not None and _COMMITTED.match(later.text) and len(later.text) <= PROSE_MAX_CHARS:
+            return later
+        return Extraction(strip_markdown(boxed[1]), "boxed")
     tagged = last_tag(text, "answer")
     if tagged:
         return Extraction(tagged, "tag")
@@ -91,6 +133,10 @@ def extract_answer(text: str, *, last_number_fallback: bool = False) -> Extracti
     bare = _bare(text)
     if bare:
         return Extraction(bare, "bare")
+    if prose:
+        stated = conclusion(text)
+        if stated:
+            return Extraction(stated, "prose")
     if last_number_fallback:
         number = last_number(text)
         if number is not None:
@@ -100,6 +146,12 @@ def extract_answer(text: str, *, last_number_fallback: bool = False) -> Extracti
 
 def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}``/``\\fbox{...}`` that closes within ``MAX_ANSWER_CHARS``, or None."""
+    found = _last_boxed_span(text)
+    return None if found is None else found[1]
+
+
+def _last_boxed_span(text: str) -> tuple[int, str] | None:
+    """``(end, content)`` of the last closed ``\\boxed{...}``/``\\fbox{...}`` (``end`` just after its brace)."""
     last = {command: text.rfind(command) for command in ("\\boxed", "\\fbox")}
     for _ in range(MAX_BOXED_TRIES):
         command, position = max(last.items(), key=lambda item: item[1])
@@ -109,7 +161,7 @@ def last_boxed(text: str) -> str | None:
         if opening is not None:
             content = _braced_content(text, opening.end())
             if content is not None:
-                return content
+                return opening.end() + len(content) + 1, content
         last[command] = text.rfind(command, 0, position)
     return None
 
@@ -141,8 +193,9 @@ def last_tag(text: str, tag: str) -> str | None:
     return content or None
 
 
-def _last_anchored(text: str) -> Extraction | None:
-    """The later of the last ``####`` line and the last "answer is"/"Answer:" phrase, if it has content.
+def _last_anchored(text: str, after: int = 0) -> Extraction | None:
+    """The later of the last ``####`` line and the last "answer is"/"Answer:" phrase, if it has content (and starts
+    at or after ``after``).
 
     A span holding ``\\boxed`` is skipped: that box never closed, or the boxed source would have answered.
     """
@@ -152,30 +205,34 @@ def _last_anchored(text: str) -> Extraction | None:
         span = strip_markdown(_sentence(hash_match["hash"]))
         if span and not _BOX_COMMAND.search(span):
             candidates.append((hash_match.start(), Extraction(span, "hash")))
-    answer_match = _last_anchor(_ANSWER_IS, text, "answer")
+    answer_match = _last_anchor(_ANSWER_IS, text, _ANSWER_WORDS + ("Ответ",))
     if answer_match is not None:
         span = strip_markdown(_span_after(text, answer_match.end()))
         if span and not _BOX_COMMAND.search(span):
             candidates.append((answer_match.start(), Extraction(span, "answer_is")))
+    candidates = [c for c in candidates if c[0] >= after]
     if not candidates:
         return None
     return max(candidates, key=lambda c: c[0])[1]
 
 
-def _last_anchor(pattern: re.Pattern[str], text: str, literal: str) -> re.Match[str] | None:
-    """The last match of ``pattern`` that starts at an occurrence of ``literal``, searched from the end with
+def _last_anchor(pattern: re.Pattern[str], text: str, literals: str | tuple[str, ...]) -> re.Match[str] | None:
+    """The last match of ``pattern`` that starts at an occurrence of one of ``literals``, searched from the end with
     ``rfind`` (C speed), trying at most ``MAX_ANCHOR_TRIES`` occurrences."""
+    if isinstance(literals, str):
+        literals = (literals,)
     # ASCII-only lowering keeps every position in place (str.lower() changes the length of a few characters).
     haystack = text.translate(_ASCII_LOWER) if pattern.flags & re.IGNORECASE else text
-    end = len(text)
+    ends = dict.fromkeys(literals, len(text))
     for _ in range(MAX_ANCHOR_TRIES):
-        position = haystack.rfind(literal, 0, end)
+        positions = {literal: haystack.rfind(literal, 0, end) for literal, end in ends.items()}
+        literal, position = max(positions.items(), key=lambda item: item[1])
         if position < 0:
             return None
         match = pattern.match(text, position)
         if match is not None:
             return match
-        end = position
+        ends[literal] = position
     return None
 
 
@@ -189,9 +246,14 @@ def _last_in(pattern: re.Pattern[str], text: str, start: int = 0) -> re.Match[st
 
 def _span_after(text: str, position: int) -> str:
     """The answer text after an anchor: skips blank space (the answer may be on the next line), ends at the line
-    or sentence end."""
+    or sentence end; a display-math block (``\\[ ... \\]``, ``$$ ... $$``) is taken whole, over its lines."""
     position = _LEADING_SPACE.match(text, position, min(len(text), position + MAX_ANSWER_CHARS)).end()  # type: ignore[union-attr]
     stop = min(len(text), position + MAX_ANSWER_CHARS)
+    for opening, closing in (("\\[", "\\]"), ("$$", "$$")):
+        if text.startswith(opening, position):
+            end = text.find(closing, position + 2, stop)
+            if end >= 0:
+                return " ".join(text[position + 2 : end].split())
     newline = text.find("\n", position, stop)
     return _sentence(text[position : stop if newline < 0 else newline])
 
@@ -238,6 +300,93 @@ def _bare(text: str) -> str | None:
     if len(stripped.split()) > BARE_MAX_WORDS or _ANSWER_IS.search(stripped) or _BOX_COMMAND.search(stripped):
         return None  # too long to be an answer, or an anchor or box with nothing after it
     return strip_markdown(stripped) or None
+
+
+def boxed_run(text: str) -> list[str]:
+    """Contents of the run of ``\\boxed{}`` answers that ends the response, in order: ``\\boxed{1}, \\boxed{2}``,
+    ``(a) \\boxed{3} (b) \\boxed{5}``, ``x = \\boxed{1}$ and $y = \\boxed{2}``. Boxes belong to one run when
+    at most ``RUN_GAP_CHARS`` characters of connecting text, on at most one line break, separate them; an earlier
+    box further away is a superseded or intermediate answer. At most ``MAX_BOXED_TRIES`` boxes are read."""
+    found: list[tuple[int, int, str]] = []  # (start, end, content), from the end
+    end = len(text)
+    for _ in range(MAX_BOXED_TRIES):
+        position = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        if position < 0:
+            break
+        end = position
+        opening = _BOXED_OPEN.match(text, position)
+        if opening is None:
+            continue
+        content = _braced_content(text, opening.end())
+        if content is None or not content.strip():
+            continue
+        stop = opening.end() + len(content) + 1
+        if found:
+            gap = text[stop : found[-1][0]]
+            if len(gap) > RUN_GAP_CHARS or gap.count("\n") > 1 or _SENTENCE_END.search(gap.replace("$", " ")):
+                break
+        found.append((position, stop, strip_markdown(content)))
+    return [content for _, _, content in reversed(found)]
+
+
+def conclusion(text: str) -> str | None:
+    """The answer a conclusion sentence near the end of ``text`` states ("Therefore, the total is 42."), or None.
+
+    Only the last ``PROSE_LINES`` non-empty lines are read: an answer stated in prose is the response's last word
+    on the matter, and earlier sentences hold intermediate results. The sentence read is the last one that opens
+    with a conclusion word ("Therefore", "So", "Donc", ...), or else the response's final sentence when the response
+    ends there (a completion that stops mid-thought states nothing). Its answer is its last math span
+    (``$...$``, ``\\(...\\)``), else the text after its last "is" / "=" / "est" ..., else its only number; a final
+    sentence without a conclusion word must state a number or math, in a few words.
+    """
+    tail = text[-PROSE_WINDOW:].rstrip()
+    lines = [line for line in tail.split("\n") if line.strip()][-PROSE_LINES:]
+    complete = bool(tail) and tail[-1] in ".!?$)]"
+    final = True
+    for line in reversed(lines):
+        for sentence in reversed([s for s in _split_sentences(line) if s.strip()]):
+            cue = _last_in(_CONCLUSION, sentence)
+            if cue is not None:
+                return _stated(sentence[cue.end() :], strict=False)
+            if final and complete:
+                stated = _stated(sentence, strict=True)
+                if stated:
+                    return stated
+            final = False
+    return None
+
+
+def _stated(sentence: str, *, strict: bool) -> str | None:
+    """The value a conclusion sentence states (see ``conclusion``); ``strict``: a number or math, in few words."""
+    spans = list(_MATH_SPAN.finditer(sentence))
+    # Without a conclusion word, only math that ends the sentence is its answer ("The area is $12$.").
+    if spans and not (strict and sentence[spans[-1].end() :].strip(" \t.,;!*_")):
+        return strip_markdown(next(g for g in spans[-1].groups() if g is not None)) or None
+    stated = None
+    for stated in _COPULA.finditer(sentence):  # noqa: B007 - keep the last
+        pass
+    if stated is not None:
+        answer = strip_markdown(sentence[stated.end() :])
+        if not answer or len(answer) > PROSE_MAX_CHARS or _BOX_COMMAND.search(answer):
+            return None
+        if strict and not (_STATED_NUMBER.match(answer) and len(answer.split()) <= PROSE_MAX_WORDS):
+            return None
+        return answer
+    numbers = _NUMBER.findall(sentence)
+    if len(numbers) == 1 and not strict:
+        return numbers[0]
+    return None
+
+
+def _split_sentences(line: str) -> list[str]:
+    """``line`` cut at sentence ends (". ", "! ", "? ") outside ``$...$`` math."""
+    parts, start = [], 0
+    for end in _SENTENCE_END.finditer(line):
+        if line.count("$", 0, end.start()) % 2 == 0:
+            parts.append(line[start : end.start()])
+            start = end.end()
+    parts.append(line[start:])
+    return parts
 
 
 def last_number(text: str) -> str | None:

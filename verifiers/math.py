@@ -29,15 +29,38 @@ from typing import Any
 from pydantic import Field
 
 from verifiers.base import Verdict, Verifier, VerifierOptions
-from verifiers.extract import Extraction, clean_text, extract_answer
+from verifiers.choice import find_choice
+from verifiers.extract import Extraction, boxed_run, clean_text, extract_answer
 
-_DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox|\\begin\{")
+_DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox")
+_ENVIRONMENT = re.compile(r"\\begin\{")
+# A currency sign before a number ("$1,250", "\\$1{,}250", "€12", "\\text{\\$}5").
+_CURRENCY = r"(?:\\?\$|\\text\{\\?\$\}|€|£|¥|₹|\\euro|\\pounds)"
 _PLAIN_NUMBER = re.compile(
-    r"^(?:\\?\$\s*)?(?P<sign>[-+\u2212]?)\s*(?:\\?\$\s*)?"
+    r"^(?:" + _CURRENCY + r"\s*)?(?P<sign>[-+\u2212]?)\s*(?:" + _CURRENCY + r"\s*)?"
     r"(?P<number>[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
-    r"\s*(?P<percent>\\?%|percent\b)?"
+    r"\s*(?P<percent>\\?%|percent\b)?\s*(?:€|£|¥|₹|\\?\$)?"
     r"(?:\s+[A-Za-z]{2,}[A-Za-z.'/-]*){0,4}\s*$"
 )
+# Thousands separators LaTeX writes inside numbers: "1{,}250", "1\\,250", "1\\!,\\!250", "1\\ 250", "1 250".
+_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\[,!;: ]|\\!,\\!|,\\!| |\u2009|\u202f)(?=\d{3}(?!\d))")
+# A mixed number "4 4/9" (4 + 4/9): math-verify reads it as a product; "4\\frac{4}{9}" it reads as mixed already.
+_MIXED_NUMBER = re.compile(r"^(?P<sign>-?)(?P<whole>\d+)\s+(?P<num>\d+)\s*/\s*(?P<den>\d+)$")
+# One comma between digits, not a thousands group ("1000,99", "0,111"; not "1,250"; "1,2" stays a list).
+_DECIMAL_COMMA = re.compile(r"^(?P<sign>-?)(?P<int>\d+),(?P<frac>\d{2,})$")
+# A reference that is one choice letter: "B", "(B)", "\\text{(B)}", "B.".
+_CHOICE_REFERENCE = re.compile(r"^\s*(?:\\(?:text|textbf|mathrm)\{)?\s*\(?\s*([A-J])\s*\)?\s*\}?\s*\.?\s*$")
+_CHOICE_LETTERS = "ABCDEFGHIJ"
+# A letter chosen in a sentence: "the correct option is (B)", "I choose C", "Option D is correct", "**B**".
+_CHOICE_STATED = re.compile(
+    r"(?:\b(?:answer|option|choice|choose|select|pick|r[ée]ponse|respuesta|antwort)\b[^.\n]{0,30}?"
+    r"(?:\bis\b|:|\bare\b|\best\b|\bes\b|\bist\b)?[ \t*_]*(?:\\text(?:bf)?\{)?\(?(?P<a>(?-i:[A-J]))\)?(?![A-Za-z0-9])"
+    r"|\((?P<b>(?-i:[A-J]))\)(?=[ \t]*(?:is\b|are\b|[.,;]|$))"
+    r"|\*\*\(?(?P<c>(?-i:[A-J]))\)?\*\*"
+    r"|\b(?:option|choice)[ \t]+\(?(?P<d>(?-i:[A-J]))\)?(?![A-Za-z0-9]))",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CHOICE_WINDOW = 600
 # Plain words ("Monday", "yes", "no solution"): compared as \text{...}, not as products of one-letter variables.
 _WORDS = re.compile(r"^[A-Za-z]{3,}(?:[ -][A-Za-z]+)*$")
 # Two words in a row, outside LaTeX commands: the answer is prose ("she makes 18 dollars a day").
@@ -104,11 +127,37 @@ class MathVerifier(Verifier):
         reference = clean_text(reference).strip()
         if not reference:
             return self._verdict(False, None, "error")
-        extraction = extract_answer(response, last_number_fallback=self.options.last_number_fallback)
+        response = clean_text(response)
+        extraction = extract_answer(response, last_number_fallback=self.options.last_number_fallback, prose=True)
+        letter = _CHOICE_REFERENCE.match(reference)
+        if letter is not None:
+            # A multiple-choice reference: the response is right when the letter it commits to is that letter.
+            chosen = chosen_letter(response, extraction)
+            if chosen is None:
+                return self._verdict(False, None if extraction is None else extraction.text, "no_answer"
+                                     if extraction is None else "mismatch")
+            return self._verdict(chosen == letter[1], chosen, "ok" if chosen == letter[1] else "mismatch")
         if extraction is None:
             return self._verdict(False, None, "no_answer")
         correct = self._compare(reference, answer_latex(extraction))
+        if not correct and extraction.source == "boxed":
+            # Several boxes that together answer ("\\boxed{1}, \\boxed{2}" for {1, 2}, parts (a) and (b)): compared
+            # as one list, only against a reference of as many elements, so "1, 2, 3" never matches "3".
+            run = boxed_run(response)
+            if len(run) > 1 and self._gold_size(reference) == len(run):
+                correct = self._compare(reference, "$\\boxed{" + ", ".join(run) + "}$")
+        if correct and units_differ(reference, extraction.text):
+            correct = False  # math-verify drops units: "5 cm" would equal "5 m"
         return self._verdict(correct, extraction.text, "ok" if correct else "mismatch")
+
+    def _gold_size(self, reference: str) -> int:
+        """How many elements the reference lists (a set, tuple or list); 1 for anything else."""
+        from sympy import FiniteSet, Tuple
+
+        gold = next((g for g in self._parse_gold(reference) if not isinstance(g, str)), None)
+        if isinstance(gold, (FiniteSet, Tuple)):
+            return len(gold.args)
+        return 1
 
     def _compare_uncached(self, reference: str, latex: str) -> bool:
         """Whether the answer text ``latex`` equals ``reference``."""
@@ -128,7 +177,9 @@ class MathVerifier(Verifier):
 
         decided = equations_equal(gold, answer)
         if decided is None:
-            decided = verify(gold, answer, float_rounding=self.options.float_rounding, timeout_seconds=None)
+            # allow_set_relation_comp: "x < 3" answers "(-\\infty, 3)" (math-verify turns the relation into its set).
+            decided = verify(gold, answer, float_rounding=self.options.float_rounding, timeout_seconds=None,
+                             allow_set_relation_comp=True)
         if not decided:
             return False
         return not (self.options.rel_tol > 0 and numbers_differ(gold, answer, self.options.rel_tol))
@@ -153,19 +204,112 @@ def reference_latex(reference: str) -> str:
 
 
 def _to_latex(text: str, *, boxed: bool) -> str:
-    text = text.strip()
+    text = _THOUSANDS.sub("", text.strip())
+    decimal = _DECIMAL_COMMA.match(text.strip("$ "))
+    if decimal is not None and (len(decimal["frac"]) != 3 or decimal["int"] == "0"):
+        return f"{decimal['sign']}{decimal['int']}.{decimal['frac']}"  # "1000,99" and "0,111": a decimal comma
     number = _PLAIN_NUMBER.match(text)
     if number is not None:
         sign = "-" if number["sign"] in ("-", "\u2212") else ""
         # Bare, so that math-verify reads it with its fast number path rather than the LaTeX parser.
         return f"{sign}{number['number'].replace(',', '')}{'%' if number['percent'] else ''}"
+    mixed = _MIXED_NUMBER.match(text.strip("$ "))
+    if mixed is not None and 0 < int(mixed["num"]) < int(mixed["den"]):
+        return f"${mixed['sign']}{mixed['whole']}\\frac{{{mixed['num']}}}{{{mixed['den']}}}$"
     if _WORDS.match(text):
         return f"$\\text{{{text}}}$"
     if boxed:
         return "\\boxed{" + text + "}"
     if _DELIMITED.search(text) or _PROSE.search(text):
         return text  # already delimited, or prose in which math-verify finds the math itself
+    if _ENVIRONMENT.search(text):
+        # A matrix or cases environment over several lines: math-verify's inline math is one line.
+        return "$" + " ".join(text.split()) + "$"
     return f"${text}$"
+
+
+def chosen_letter(response: str, extraction: Extraction | None) -> str | None:
+    """The choice letter (A-J) a response commits to last, or None.
+
+    The extracted final answer decides when it names a letter ("\\boxed{B}", "The answer is (C) 12"); otherwise
+    the last letter stated as a choice in the response's final ``_CHOICE_WINDOW`` characters ("the correct option
+    is (B)", "I choose C", "**D**"). A capital letter alone in a sentence ("A total of") is never a choice.
+    """
+    if extraction is not None:
+        chosen = find_choice(extraction.text, _CHOICE_LETTERS)
+        if chosen is not None and (len(extraction.text) <= 3 or re.match(r"^\W*\(?[A-J]\)?(?![A-Za-z])",
+                                                                           extraction.text.strip("$*_ "))
+                                   or re.search(r"\([A-J]\)", extraction.text)):
+            return chosen
+    last = None
+    for last in _CHOICE_STATED.finditer(response, max(0, len(response) - _CHOICE_WINDOW)):  # noqa: B007
+        pass
+    if last is None:
+        return None
+    return next(g for g in last.groups() if g is not None).upper()
+
+
+# Units by what they measure's spelling: every spelling of one unit maps to one name. A unit outside this table is
+# never compared (a word after a number may be anything: "18 dollars a day", "5 apples").
+_UNIT_NAMES = {
+    "mm": "mm", "millimeter": "mm", "millimetre": "mm",
+    "cm": "cm", "centimeter": "cm", "centimetre": "cm",
+    "m": "m", "meter": "m", "metre": "m",
+    "km": "km", "kilometer": "km", "kilometre": "km",
+    "in": "in", "inch": "in", "inche": "in", "ft": "ft", "foot": "ft", "feet": "ft", "yd": "yd", "yard": "yd",
+    "mi": "mi", "mile": "mi",
+    "mg": "mg", "milligram": "mg", "g": "g", "gram": "g", "kg": "kg", "kilogram": "kg",
+    "lb": "lb", "pound": "lb", "oz": "oz", "ounce": "oz", "ton": "ton", "tonne": "t",
+    "ml": "ml", "milliliter": "ml", "millilitre": "ml", "l": "l", "liter": "l", "litre": "l",
+    "gal": "gal", "gallon": "gal",
+    "s": "s", "sec": "s", "second": "s", "min": "min", "minute": "min", "h": "h", "hr": "h", "hour": "h",
+    "day": "day", "week": "week", "month": "month", "year": "year",
+    "degree": "deg", "deg": "deg", "°": "deg", "^\\circ": "deg", "rad": "rad", "radian": "rad",
+    "dollar": "$", "cent": "cent", "euro": "€",
+}
+_UNIT_WRAPPER = re.compile(r"\\(?:text|mathrm|mbox|textrm|operatorname)\s*\{([^{}]*)\}")
+_UNIT_TAIL = re.compile(
+    r"[0-9})]\s*(?:\\[,;:! ]|~|\s)*(?P<unit>(?:square |sq\.? |cubic )?[A-Za-z°]+\.?(?:\s*\^\s*\{?[23]\}?|²|³)?)\s*\.?$"
+)
+
+
+def unit_of(text: str) -> str | None:
+    """The unit a number is given in ("5 cm", "5\\text{ m}^2", "3 square feet": ``cm``, ``m^2``, ``ft^2``), or None
+    when the text ends in no unit of ``_UNIT_NAMES``."""
+    text = _UNIT_WRAPPER.sub(r" \1", text).replace("$", " ").replace("\\ ", " ").strip()
+    text = text.replace("^\\circ", "°").replace("^{\\circ}", "°")
+    match = _UNIT_TAIL.search(text)
+    if match is None:
+        return None
+    unit = match["unit"].lower().replace(" ", "")
+    power = ""
+    for marker, value in (("square", "2"), ("sq.", "2"), ("sq", "2"), ("cubic", "3")):
+        if unit.startswith(marker):
+            unit, power = unit[len(marker):], value
+            break
+    exponent = re.search(r"(?:\^\{?([23])\}?|([²³]))$", unit)
+    if exponent is not None:
+        power = exponent[1] or ("2" if exponent[2] == "²" else "3")
+        unit = unit[: exponent.start()]
+    unit = unit.rstrip(".")
+    name = _UNIT_NAMES.get(unit) or (_UNIT_NAMES.get(unit[:-1]) if unit.endswith("s") and len(unit) > 3 else None)
+    if name is None:
+        return None
+    return name + (f"^{power}" if power else "")
+
+
+def units_differ(reference: str, answer: str) -> bool:
+    """True when reference and answer both name a unit (``unit_of``) and the units differ: "5 cm" is not "5 m".
+
+    A unit on one side only is no evidence either way ("5" answers "5 cm"); two spellings of one unit are equal
+    ("5 meters", "5\\text{ m}"). Conversions are not attempted: "50 mm" against "5 cm" is a mismatch, a false
+    negative rather than a false positive.
+    """
+    gold_unit = unit_of(reference)
+    if gold_unit is None:
+        return False
+    answer_unit = unit_of(answer)
+    return answer_unit is not None and answer_unit != gold_unit
 
 
 def numbers_differ(gold: list[Any], answer: list[Any], rel_tol: float) -> bool:

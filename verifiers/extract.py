@@ -24,7 +24,6 @@ length and bounded by ``MAX_ANSWER_CHARS``, so a multi-megabyte or adversarial r
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,7 +49,7 @@ _HASH = re.compile(r"####[ \t]*(?P<hash>[^\n]*)")
 _ANSWER_IS = re.compile(
     r"\b(?:answer|r[ée]ponse|respuesta|resposta|risposta|antwort|ответ)\b"
     r"(?:[ \t]+(?:to|for|of|à|a|de|du|al|auf|zu)\b[^.\n:=]{0,40}?)?(?:[ \t]+(?:finale?|final))?"
-    r"[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|est\b|es\b|é\b|è\b|ist\b|lautet\b|:|=|(?=\s*(?:\\\[|\$\$)))[ \t]*(?:[*_]{1,2}[ \t]*)?:?",
+    r"[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|est\b|es\b|é\b|è\b|ist\b|lautet\b|:|=|(?=\s*(?:\\\[|\$\$))|(?<=\*\*)(?=[ \t]*\n))[ \t]*(?:[*_]{1,2}[ \t]*)?:?",
     re.IGNORECASE,
 )
 # The first letters of the answer words above: where ``_last_anchor`` looks for an anchor (lower-cased text).
@@ -58,35 +57,44 @@ _ANSWER_WORDS = ("answer", "réponse", "reponse", "respuesta", "resposta", "risp
 # A sentence that states a conclusion: it opens with one of these words, or has one after a comma ("..., so the
 # total is 18"), in any language the anchors read.
 _CONCLUSION = re.compile(
-    r"(?:^|[,;]|\$|\\\]|\\\))[ \t*_]*(?:therefore|thus|hence|so|consequently|finally|in conclusion|in total|altogether|"
+    r"(?:^|[,;]|\$|\\\]|\\\))[ \t*_]*(?:therefore|thus|hence|so|consequently|finally|in conclusion|"
     r"donc|ainsi|alors|par conséquent|por lo tanto|por tanto|entonces|así|portanto|quindi|also|daher|somit|итак|"
     r"поэтому|所以|因此)\b[ \t,:]*",
     re.IGNORECASE,
 )
 # What states the value in a conclusion sentence: the answer follows the last of these.
 _COPULA = re.compile(
-    r"\s(?:is|are|equals|was|gives|est|sont|vaut|es|son|ist|sind|é|è|sono|равно|равен)\s+|=|:\s",
+    r"\s(?:is|are|equals|was|gives|est|sont|vaut|es|son|ist|sind|é|è|sono|равно|равен)\s+|=|:\s"
+    r"|\b(?:it|that|which|this)['’]s\s+",
     re.IGNORECASE,
 )
-_MATH_SPAN = re.compile(r"\$\$(?P<d>[^$]{1,2000}?)\$\$|(?<!\\)\$(?P<i>[^$\n]{1,2000}?)(?<!\\)\$|\\\((?P<p>.{1,2000}?)\\\)|\\\[(?P<b>.{1,2000}?)\\\]", re.S)
+_MATH_SPAN = re.compile(
+    r"\$\$(?P<d>[^$]{1,500}?)\$\$|(?<!\\)\$(?P<i>[^$\n]{1,500}?)(?<!\\)\$|\\\((?P<p>.{1,500}?)\\\)|\\\[(?P<b>.{1,500}?)\\\]",
+    re.S,
+)
+# A lead-in that ends in "is" / "=" / "equals": the display that follows is the stated value.
+_COPULA_END = re.compile(r"(?:\b(?:is|are|equals|est|es|ist)|=)\s*$", re.IGNORECASE)
 #: A conclusion answer longer than this is prose, not an answer.
 PROSE_MAX_CHARS = 80
+# Two words in a row: a sentence, not a bare answer ("The sequence is 1, 2, 3", "Donc, il reste 7 pommes").
+_SENTENCE_WORDS = re.compile(r"(?<![\\A-Za-z{])[A-Za-z\u00c0-\u024f]{2,},?\s+[A-Za-z\u00c0-\u024f]{2,}")
 #: Conclusions are read in this many final characters and final non-empty lines only.
 PROSE_WINDOW = 4000
 PROSE_LINES = 3
+PROSE_LINE_CHARS = 1000
 PROSE_MAX_WORDS = 5
 # What a final sentence without a conclusion word must state: a number (or a sign, a currency, math) first.
 # An anchored answer after the last box replaces it only when it looks like one: a number, math, a choice.
 _COMMITTED = re.compile(r"^(?:[-+\u2212(\[]|\\|\$|€|£|[0-9]|\(?[A-J]\)?$)")
-_STATED_NUMBER = re.compile(r"^(?:[-+\u2212]|\\?\$|€|£)?\s*[0-9.\\]")
+_STATED_NUMBER = re.compile(r"^(?:[-+\u2212]|\\?\$|€|£|(?:USD|EUR|GBP|INR|Rs\.?)\s)?\s*[0-9.\\]")
 #: Boxes closer than this (connecting text such as ", ", " and ", "(b) ") form one run of answers.
 RUN_GAP_CHARS = 40
 _BOLD = re.compile(r"\*\*(?P<bold>[^*\n]{1,100})\*\*")
 # Starts with a plain character class: the regex engine scans multi-megabyte text for it quickly.
 _NUMBER = re.compile(r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?")
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# A period after a word and before a number is an abbreviation ("Rs. 500", "No. 5"), not a sentence end.
+_SENTENCE_END = re.compile(r"(?:[!?]|(?<![A-Za-z])\.|(?<=[A-Za-z])\.(?!\s+[-+0-9$€£]))(?=\s|$)")
 _LEADING_SPACE = re.compile(r"\s*")
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 @dataclass(frozen=True)
@@ -131,12 +139,14 @@ def extract_answer(text: str, *, last_number_fallback: bool = False, prose: bool
     if bold:
         return Extraction(bold, "bold")
     bare = _bare(text)
-    if bare:
+    if bare and not (prose and _SENTENCE_WORDS.search(_MATH_SPAN.sub(" ", bare))):
         return Extraction(bare, "bare")
     if prose:
+        # A one-line sentence ("The sequence is 1, 2, 3.") is read as prose, not handed whole to the comparison.
         stated = conclusion(text)
         if stated:
             return Extraction(stated, "prose")
+        return None
     if last_number_fallback:
         number = last_number(text)
         if number is not None:
@@ -205,7 +215,7 @@ def _last_anchored(text: str, after: int = 0) -> Extraction | None:
         span = strip_markdown(_sentence(hash_match["hash"]))
         if span and not _BOX_COMMAND.search(span):
             candidates.append((hash_match.start(), Extraction(span, "hash")))
-    answer_match = _last_anchor(_ANSWER_IS, text, _ANSWER_WORDS + ("Ответ",))
+    answer_match = _last_anchor(_ANSWER_IS, text, _ANSWER_WORDS)
     if answer_match is not None:
         span = strip_markdown(_span_after(text, answer_match.end()))
         if span and not _BOX_COMMAND.search(span):
@@ -221,18 +231,21 @@ def _last_anchor(pattern: re.Pattern[str], text: str, literals: str | tuple[str,
     ``rfind`` (C speed), trying at most ``MAX_ANCHOR_TRIES`` occurrences."""
     if isinstance(literals, str):
         literals = (literals,)
-    # ASCII-only lowering keeps every position in place (str.lower() changes the length of a few characters).
-    haystack = text.translate(_ASCII_LOWER) if pattern.flags & re.IGNORECASE else text
-    ends = dict.fromkeys(literals, len(text))
+    # Case variants are searched as they are written ("answer", "Answer", "ANSWER") rather than lowering the text:
+    # lowering copies it, and on non-ASCII text that copy alone costs about a second per 3 MB.
+    if pattern.flags & re.IGNORECASE:
+        literals = tuple({variant for literal in literals for variant in (literal, literal.capitalize(), literal.upper())})
+    # Each literal's last occurrence, searched again only for the literal just tried: one scan per try.
+    haystack = text
+    positions = {literal: haystack.rfind(literal) for literal in literals}
     for _ in range(MAX_ANCHOR_TRIES):
-        positions = {literal: haystack.rfind(literal, 0, end) for literal, end in ends.items()}
         literal, position = max(positions.items(), key=lambda item: item[1])
         if position < 0:
             return None
         match = pattern.match(text, position)
         if match is not None:
             return match
-        ends[literal] = position
+        positions[literal] = haystack.rfind(literal, 0, position)
     return None
 
 
@@ -340,19 +353,45 @@ def conclusion(text: str) -> str | None:
     sentence without a conclusion word must state a number or math, in a few words.
     """
     tail = text[-PROSE_WINDOW:].rstrip()
-    lines = [line for line in tail.split("\n") if line.strip()][-PROSE_LINES:]
-    complete = bool(tail) and tail[-1] in ".!?$)]"
+    displayed = _final_display(tail)
+    if displayed is not None:
+        return displayed
+    # Each line's end only: bounds the regex work on a long line (a conclusion sentence is short).
+    lines = [line[-PROSE_LINE_CHARS:] for line in tail.split("\n") if line.strip()][-PROSE_LINES:]
+    # A response that stops mid-sentence states nothing, unless it is one short line (an answer written as such).
+    complete = bool(tail) and (tail[-1] in ".!?$)]" or ("\n" not in tail and len(tail) <= BARE_MAX_CHARS))
     final = True
     for line in reversed(lines):
         for sentence in reversed([s for s in _split_sentences(line) if s.strip()]):
             cue = _last_in(_CONCLUSION, sentence)
             if cue is not None:
-                return _stated(sentence[cue.end() :], strict=False)
+                stated = _stated(sentence[cue.end() :], strict=False)
+                if stated or not (final and complete):
+                    return stated
             if final and complete:
                 stated = _stated(sentence, strict=True)
                 if stated:
                     return stated
             final = False
+    return None
+
+
+def _final_display(tail: str) -> str | None:
+    """The display math (``\\[ ... \\]``, ``$$ ... $$``) that ends a response, when the sentence that leads into it
+    states a conclusion ("Therefore,", "Thus the matrix is", "... is:"), whitespace collapsed; else None."""
+    for opening, closing in (("\\[", "\\]"), ("$$", "$$")):
+        if not tail.endswith(closing):
+            continue
+        start = tail.rfind(opening, max(0, len(tail) - MAX_ANSWER_CHARS), len(tail) - len(closing))
+        if start < 0:
+            return None
+        content = " ".join(tail[start + len(opening) : len(tail) - len(closing)].split())
+        lead = tail[max(0, start - 300) : start].rstrip()
+        lead = _split_sentences(lead.split("\n\n")[-1])[-1] if lead else ""
+        if content and lead and (_last_in(_CONCLUSION, lead) is not None or lead.endswith(":")
+                                 or _COPULA_END.search(lead)):
+            return content
+        return None
     return None
 
 

@@ -2,17 +2,25 @@
 
 Steps (all inside a worker process with a hard deadline, see ``verifiers.pool``):
 
-1. extract the final answer with ``verifiers.extract`` (boxed, ####, "the answer is", ...). math-verify is never
-   pointed at the whole response, where it would pick up an intermediate number;
+1. extract the final answer with ``verifiers.extract`` (boxed, ####, "the answer is", ..., and a conclusion stated
+   in prose: "Therefore, the total is 42."), the one the response commits to last. math-verify is never pointed at
+   the whole response, where it would pick up an intermediate number. A reference that is one choice letter is
+   answered by the letter the response names last ("the correct option is (B)"), never by a capital in a sentence;
 2. wrap the answer and the reference in ``$...$`` before parsing: math-verify reads bare text as a plain
    expression, so an un-delimited ``3x+4y+14=0`` or ``x^2+2x+1`` parses to ``0`` or nothing, and ``2, 3`` to ``3``.
-   A plain number, with words after it or not ("18 dollars", "$1,000", "25%"), goes to math-verify's fast number
-   reader as the bare number; plain words ("Monday") are compared as ``\text{...}``;
-3. ``verify(gold, answer)``, gold first, with math-verify's signal timeouts off (they fail off the main thread).
-   Two polynomial equations with small rational coefficients are decided by exact polynomial algebra instead
-   (``equations_equal``), only where that verdict is certain to be math-verify's: ms instead of 50-300 ms;
+   A plain number, with words after it or not ("18 dollars", "$1,000", "\\$9{,}500", "USD 1,250", "25%"), goes to
+   math-verify's fast number reader as the bare number; plain words ("Monday") are compared as ``\text{...}``; a
+   mixed number ``4 4/9`` becomes ``4\\frac{4}{9}``, which math-verify reads as 40/9; a matrix environment is
+   delimited as one line, so math-verify's matrix support reads it;
+3. ``verify(gold, answer)``, gold first, with math-verify's signal timeouts off (they fail off the main thread) and
+   its set-relation comparison on, so ``x < 3`` answers ``(-\\infty, 3)``. Two polynomial equations with small
+   rational coefficients are decided by exact polynomial algebra instead (``equations_equal``), only where that
+   verdict is certain to be math-verify's: ms instead of 50-300 ms. A run of boxes that ends the response
+   (``\\boxed{1}, \\boxed{2}``; parts (a) and (b)) is one answer, a list, compared with math-verify's set and tuple
+   comparison; it never matches a reference with a different number of elements;
 4. a relative-tolerance check on numbers: math-verify rounds to ``float_rounding`` decimals, which makes
-   ``1/2^99`` equal ``1/2^98`` and ``0.001`` equal ``0.0010001``.
+   ``1/2^99`` equal ``1/2^98`` and ``0.001`` equal ``0.0010001``; and a unit check: math-verify drops units, so
+   ``5 cm`` would equal ``5 m`` (``units_differ``).
 
 The reference is parsed once per worker and distinct reference, and each (reference, answer) pair is compared
 once per worker: k samples of a problem mostly end in the same few answers, and a symbolic comparison (two
@@ -35,17 +43,18 @@ from verifiers.extract import Extraction, boxed_run, clean_text, extract_answer
 _DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox")
 _ENVIRONMENT = re.compile(r"\\begin\{")
 # A currency sign before a number ("$1,250", "\\$1{,}250", "€12", "\\text{\\$}5").
-_CURRENCY = r"(?:\\?\$|\\text\{\\?\$\}|€|£|¥|₹|\\euro|\\pounds)"
+_CURRENCY = r"(?:\\?\$|\\text\{\\?\$\}|€|£|¥|₹|\\euro|\\pounds|(?:USD|US\$|EUR|GBP|INR|Rs\.?)(?=\s*[0-9]))"
 _PLAIN_NUMBER = re.compile(
     r"^(?:" + _CURRENCY + r"\s*)?(?P<sign>[-+\u2212]?)\s*(?:" + _CURRENCY + r"\s*)?"
     r"(?P<number>[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
     r"\s*(?P<percent>\\?%|percent\b)?\s*(?:€|£|¥|₹|\\?\$)?"
-    r"(?:\s+[A-Za-z]{2,}[A-Za-z.'/-]*){0,4}\s*$"
+    r"(?:,?\s+[A-Za-z]{2,}[A-Za-z.'/-]*){0,4}\s*$"
 )
 # Thousands separators LaTeX writes inside numbers: "1{,}250", "1\\,250", "1\\!,\\!250", "1\\ 250", "1 250".
 _THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\[,!;: ]|\\!,\\!|,\\!| |\u2009|\u202f)(?=\d{3}(?!\d))")
 # A mixed number "4 4/9" (4 + 4/9): math-verify reads it as a product; "4\\frac{4}{9}" it reads as mixed already.
-_MIXED_NUMBER = re.compile(r"^(?P<sign>-?)(?P<whole>\d+)\s+(?P<num>\d+)\s*/\s*(?P<den>\d+)$")
+_MIXED_NUMBER = re.compile(
+    r"^(?P<sign>-?)(?P<whole>\d+)\s+(?P<num>\d+)\s*/\s*(?P<den>\d+)(?:\s+[A-Za-z]{2,}[A-Za-z.]*){0,3}$")
 # One comma between digits, not a thousands group ("1000,99", "0,111"; not "1,250"; "1,2" stays a list).
 _DECIMAL_COMMA = re.compile(r"^(?P<sign>-?)(?P<int>\d+),(?P<frac>\d{2,})$")
 # A reference that is one choice letter: "B", "(B)", "\\text{(B)}", "B.".
@@ -57,6 +66,7 @@ _CHOICE_STATED = re.compile(
     r"(?:\bis\b|:|\bare\b|\best\b|\bes\b|\bist\b)?[ \t*_]*(?:\\text(?:bf)?\{)?\(?(?P<a>(?-i:[A-J]))\)?(?![A-Za-z0-9])"
     r"|\((?P<b>(?-i:[A-J]))\)(?=[ \t]*(?:is\b|are\b|[.,;]|$))"
     r"|\*\*\(?(?P<c>(?-i:[A-J]))\)?\*\*"
+    r"|(?<![A-Za-z])\(?(?P<e>(?-i:[A-J]))\)?[ \t]+is[ \t]+(?:the[ \t]+)?(?:correct|right|best|answer)\b"
     r"|\b(?:option|choice)[ \t]+\(?(?P<d>(?-i:[A-J]))\)?(?![A-Za-z0-9]))",
     re.IGNORECASE | re.MULTILINE,
 )
@@ -139,25 +149,33 @@ class MathVerifier(Verifier):
             return self._verdict(chosen == letter[1], chosen, "ok" if chosen == letter[1] else "mismatch")
         if extraction is None:
             return self._verdict(False, None, "no_answer")
-        correct = self._compare(reference, answer_latex(extraction))
-        if not correct and extraction.source == "boxed":
-            # Several boxes that together answer ("\\boxed{1}, \\boxed{2}" for {1, 2}, parts (a) and (b)): compared
-            # as one list, only against a reference of as many elements, so "1, 2, 3" never matches "3".
-            run = boxed_run(response)
-            if len(run) > 1 and self._gold_size(reference) == len(run):
-                correct = self._compare(reference, "$\\boxed{" + ", ".join(run) + "}$")
+        run = boxed_run(response) if extraction.source == "boxed" else []
+        if len(set(run)) > 1:
+            # Several boxes that together answer ("\\boxed{1}, \\boxed{2}" for {1, 2}, parts (a) and (b)) are one
+            # answer, a list: it matches a reference of as many elements, never one of them ("1, 2, 3" is not "3").
+            size, ordered = self._gold_shape(reference)
+            joined = ", ".join(_without_unit(item) for item in run)
+            if ordered:  # a pair or tuple is compared in order: x = \boxed{2}, y = \boxed{3} is (2, 3), not (3, 2)
+                joined = f"({joined})"
+            correct = size == len(run) and self._compare(reference, "$\\boxed{" + joined + "}$")
+        else:
+            correct = self._compare(reference, answer_latex(extraction))
         if correct and units_differ(reference, extraction.text):
             correct = False  # math-verify drops units: "5 cm" would equal "5 m"
         return self._verdict(correct, extraction.text, "ok" if correct else "mismatch")
 
-    def _gold_size(self, reference: str) -> int:
-        """How many elements the reference lists (a set, tuple or list); 1 for anything else."""
-        from sympy import FiniteSet, Tuple
+    def _gold_shape(self, reference: str) -> tuple[int, bool]:
+        """How many elements the reference lists (a set or a tuple; 1 for anything else) and whether their order
+        counts (a tuple)."""
+        from sympy import FiniteSet, Interval, Tuple
 
         gold = next((g for g in self._parse_gold(reference) if not isinstance(g, str)), None)
         if isinstance(gold, (FiniteSet, Tuple)):
-            return len(gold.args)
-        return 1
+            return len(gold.args), isinstance(gold, Tuple)
+        if isinstance(gold, Interval) and gold.left_open and gold.right_open and gold.is_finite_set is False and (
+                gold.start.is_finite and gold.end.is_finite):
+            return 2, True  # "(2, 3)" reads as an open interval, and as the pair it usually is
+        return 1, False
 
     def _compare_uncached(self, reference: str, latex: str) -> bool:
         """Whether the answer text ``latex`` equals ``reference``."""
@@ -203,8 +221,13 @@ def reference_latex(reference: str) -> str:
     return _to_latex(reference, boxed=False)
 
 
+# Unicode math that models write and math-verify's LaTeX parser does not read.
+_UNICODE_MATH = str.maketrans({"∞": r"\infty ", "≤": r"\le ", "≥": r"\ge ", "≠": r"\ne ", "−": "-", "×": r"\times ",
+                               "·": r"\cdot ", "π": r"\pi ", "÷": "/"})
+
+
 def _to_latex(text: str, *, boxed: bool) -> str:
-    text = _THOUSANDS.sub("", text.strip())
+    text = _THOUSANDS.sub("", text.strip().translate(_UNICODE_MATH))
     decimal = _DECIMAL_COMMA.match(text.strip("$ "))
     if decimal is not None and (len(decimal["frac"]) != 3 or decimal["int"] == "0"):
         return f"{decimal['sign']}{decimal['int']}.{decimal['frac']}"  # "1000,99" and "0,111": a decimal comma
@@ -267,16 +290,18 @@ _UNIT_NAMES = {
     "degree": "deg", "deg": "deg", "°": "deg", "^\\circ": "deg", "rad": "rad", "radian": "rad",
     "dollar": "$", "cent": "cent", "euro": "€",
 }
+UNIT_WINDOW = 80
 _UNIT_WRAPPER = re.compile(r"\\(?:text|mathrm|mbox|textrm|operatorname)\s*\{([^{}]*)\}")
 _UNIT_TAIL = re.compile(
-    r"[0-9})]\s*(?:\\[,;:! ]|~|\s)*(?P<unit>(?:square |sq\.? |cubic )?[A-Za-z°]+\.?(?:\s*\^\s*\{?[23]\}?|²|³)?)\s*\.?$"
+    r"[0-9})](?:\\[,;:! ]|~|\s)*(?P<unit>(?:square |sq\.? |cubic )?[A-Za-z°]+\.?(?:\s*\^\s*\{?[23]\}?|²|³)?)\s*\.?$"
 )
 
 
 def unit_of(text: str) -> str | None:
     """The unit a number is given in ("5 cm", "5\\text{ m}^2", "3 square feet": ``cm``, ``m^2``, ``ft^2``), or None
     when the text ends in no unit of ``_UNIT_NAMES``."""
-    text = _UNIT_WRAPPER.sub(r" \1", text).replace("$", " ").replace("\\ ", " ").strip()
+    # A unit ends the answer: the last characters are enough, and they bound the regex work.
+    text = _UNIT_WRAPPER.sub(r" \1", text[-UNIT_WINDOW:]).replace("$", " ").replace("\\ ", " ").strip()
     text = text.replace("^\\circ", "°").replace("^{\\circ}", "°")
     match = _UNIT_TAIL.search(text)
     if match is None:
@@ -296,6 +321,16 @@ def unit_of(text: str) -> str | None:
     if name is None:
         return None
     return name + (f"^{power}" if power else "")
+
+
+def _without_unit(text: str) -> str:
+    """``text`` without a trailing unit of ``_UNIT_NAMES`` ("35 \\text{ cm}" gives "35"): math-verify drops units
+    from a single answer but not from the elements of a list."""
+    if unit_of(text) is None:
+        return text
+    stripped = re.sub(r"(?:\\[,;: ]|~|\s)*(?:\\(?:text|mathrm|mbox|textrm)\s*\{[^{}]*\}|[A-Za-z°.]+)(?:\s*\^\s*\{?[23]\}?)?\s*$",
+                      "", text)
+    return stripped or text
 
 
 def units_differ(reference: str, answer: str) -> bool:

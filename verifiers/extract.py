@@ -62,6 +62,12 @@ _CONCLUSION = re.compile(
     r"поэтому|所以|因此)\b[ \t,:]*",
     re.IGNORECASE,
 )
+_VALUE_LIKE = re.compile(r"[0-9$\\]")
+_CLAUSE = re.compile(r",\s+(?!and\b|or\b)(?=[A-Za-z])")
+_LEADING_CUE = re.compile(
+    r"^(?:therefore|thus|hence|so|then|finally|donc|ainsi|alors|entonces|also|daher|quindi)\b[ \t]*[,:]?[ \t]+",
+    re.IGNORECASE,
+)
 # What states the value in a conclusion sentence: the answer follows the last of these.
 _COPULA = re.compile(
     r"\s(?:is|are|equals|was|gives|est|sont|vaut|es|son|ist|sind|é|è|sono|равно|равен)\s+|=|:\s"
@@ -217,7 +223,7 @@ def _last_anchored(text: str, after: int = 0) -> Extraction | None:
             candidates.append((hash_match.start(), Extraction(span, "hash")))
     answer_match = _last_anchor(_ANSWER_IS, text, _ANSWER_WORDS)
     if answer_match is not None:
-        span = strip_markdown(_span_after(text, answer_match.end()))
+        span = drop_cue(strip_markdown(_span_after(text, answer_match.end())))
         if span and not _BOX_COMMAND.search(span):
             candidates.append((answer_match.start(), Extraction(span, "answer_is")))
     candidates = [c for c in candidates if c[0] >= after]
@@ -279,6 +285,21 @@ def _sentence(line: str) -> str:
     return line
 
 
+def _first_clause(text: str) -> str:
+    """``text`` up to a comma that opens a closing clause without numbers ("1/2, so we are done"); a clause with a
+    number ("18, then we divide by 2") is kept, since the value may not be final."""
+    cut = _CLAUSE.search(text)
+    if cut is None or any(c.isdigit() for c in text[cut.end() :]):
+        return text
+    return text[: cut.start()]
+
+
+def drop_cue(span: str) -> str:
+    """``span`` without a conclusion word in front ("donc 42", "So x = 3"): an anchor or a bare line can start with
+    one, and it is no part of the answer."""
+    return _LEADING_CUE.sub("", span, count=1)
+
+
 def strip_markdown(span: str) -> str:
     """Remove markdown emphasis and surrounding punctuation: ``**73**.`` gives ``73`` (``5!`` stays ``5!``)."""
     span = span.replace("**", "").replace("__", "")
@@ -312,7 +333,7 @@ def _bare(text: str) -> str | None:
         return None
     if len(stripped.split()) > BARE_MAX_WORDS or _ANSWER_IS.search(stripped) or _BOX_COMMAND.search(stripped):
         return None  # too long to be an answer, or an anchor or box with nothing after it
-    return strip_markdown(stripped) or None
+    return drop_cue(strip_markdown(stripped)) or None
 
 
 def boxed_run(text: str) -> list[str]:
@@ -366,6 +387,9 @@ def conclusion(text: str) -> str | None:
             cue = _last_in(_CONCLUSION, sentence)
             if cue is not None:
                 stated = _stated(sentence[cue.end() :], strict=False)
+                if stated and not _VALUE_LIKE.search(stated) and final and complete:
+                    # "x is 1/2, so we are done": the cue's clause states no value; the sentence's does.
+                    stated = _stated(sentence, strict=True) or stated
                 if stated or not (final and complete):
                     return stated
             if final and complete:
@@ -401,16 +425,17 @@ def _stated(sentence: str, *, strict: bool) -> str | None:
     # Without a conclusion word, only math that ends the sentence is its answer ("The area is $12$.").
     if spans and not (strict and sentence[spans[-1].end() :].strip(" \t.,;!*_")):
         return strip_markdown(next(g for g in spans[-1].groups() if g is not None)) or None
-    stated = None
-    for stated in _COPULA.finditer(sentence):  # noqa: B007 - keep the last
-        pass
-    if stated is not None:
-        answer = strip_markdown(sentence[stated.end() :])
+    copulas = list(_COPULA.finditer(sentence))
+    # The last "is" that states a value: in "x is 1/2, so we are done" the value follows the first one.
+    for stated in reversed(copulas):
+        answer = drop_cue(strip_markdown(_first_clause(sentence[stated.end() :]) if strict else sentence[stated.end() :]))
         if not answer or len(answer) > PROSE_MAX_CHARS or _BOX_COMMAND.search(answer):
-            return None
+            continue
         if strict and not (_STATED_NUMBER.match(answer) and len(answer.split()) <= PROSE_MAX_WORDS):
-            return None
+            continue
         return answer
+    if copulas:
+        return None
     numbers = _NUMBER.findall(sentence)
     if len(numbers) == 1 and not strict:
         return numbers[0]

@@ -144,8 +144,9 @@ class MathVerifier(Verifier):
             # A multiple-choice reference: the response is right when the letter it commits to is that letter.
             chosen = chosen_letter(response, extraction)
             if chosen is None:
-                return self._verdict(False, None if extraction is None else extraction.text, "no_answer"
-                                     if extraction is None else "mismatch")
+                if extraction is None:
+                    return self._verdict(False, None, "no_answer")
+                return self._verdict(False, extraction.text, "mismatch")
             return self._verdict(chosen == letter[1], chosen, "ok" if chosen == letter[1] else "mismatch")
         if extraction is None:
             return self._verdict(False, None, "no_answer")
@@ -223,7 +224,8 @@ def reference_latex(reference: str) -> str:
 
 # Unicode math that models write and math-verify's LaTeX parser does not read.
 _UNICODE_MATH = str.maketrans({"∞": r"\infty ", "≤": r"\le ", "≥": r"\ge ", "≠": r"\ne ", "−": "-", "×": r"\times ",
-                               "·": r"\cdot ", "π": r"\pi ", "÷": "/"})
+                               "·": r"\cdot ", "π": r"\pi ", "÷": "/", "∈": r"\in ", "∪": r"\cup ",
+                               "∩": r"\cap ", "√": r"\sqrt "})
 
 
 def _to_latex(text: str, *, boxed: bool) -> str:

@@ -60,17 +60,21 @@ _DECIMAL_COMMA = re.compile(r"^(?P<sign>-?)(?P<int>\d+),(?P<frac>\d{2,})$")
 # A reference that is one choice letter: "B", "(B)", "\\text{(B)}", "B.".
 _CHOICE_REFERENCE = re.compile(r"^\s*(?:\\(?:text|textbf|mathrm)\{)?\s*\(?\s*([A-J])\s*\)?\s*\}?\s*\.?\s*$")
 _CHOICE_LETTERS = "ABCDEFGHIJ"
-# A letter chosen in a sentence: "the correct option is (B)", "I choose C", "Option D is correct", "**B**".
+# A letter chosen in a sentence: "the correct option is (B)", "I choose C", "Option D is correct", "**B**" ending a
+# line. Each form commits to the letter; an enumeration of the options ("option A gives 5, (B) gives 6, **C**: 7")
+# matches none of them, so a response that walks through the options without concluding names no letter.
+_LETTER = r"\(?(?P<{0}>(?-i:[A-J]))\)?(?=[ \t]*(?:[.!;,)]|$|because\b|since\b|as\b))"
 _CHOICE_STATED = re.compile(
-    r"(?:\b(?:answer|option|choice|choose|select|pick|r[ée]ponse|respuesta|antwort)\b[^.\n]{0,30}?"
-    r"(?:\bis\b|:|\bare\b|\best\b|\bes\b|\bist\b)?[ \t*_]*(?:\\text(?:bf)?\{)?\(?(?P<a>(?-i:[A-J]))\)?(?![A-Za-z0-9])"
-    r"|\((?P<b>(?-i:[A-J]))\)(?=[ \t]*(?:is\b|are\b|[.,;]|$))"
-    r"|\*\*\(?(?P<c>(?-i:[A-J]))\)?\*\*"
-    r"|(?<![A-Za-z])\(?(?P<e>(?-i:[A-J]))\)?[ \t]+is[ \t]+(?:the[ \t]+)?(?:correct|right|best|answer)\b"
-    r"|\b(?:option|choice)[ \t]+\(?(?P<d>(?-i:[A-J]))\)?(?![A-Za-z0-9]))",
+    r"\b(?:answer|option|choice|r[ée]ponse|respuesta|antwort)\b[^.\n]{0,30}?(?:\bis\b|:|\best\b|\bes\b|\bist\b)"
+    r"[ \t*_]*(?:(?:option|choice|answer)[ \t]+)?(?:\\text(?:bf)?\{)?" + _LETTER.format("a")
+    + r"|\b(?:choose|select|pick|go with)[ \t]+(?:(?:option|choice|answer)[ \t]+)?" + _LETTER.format("b")
+    + r"|\((?P<c>(?-i:[A-J]))\)(?=[ \t]*(?:is\b|[.!]?[ \t]*$))"
+    + r"|\*\*\(?(?P<d>(?-i:[A-J]))\)?\*\*(?=[ \t]*[.!]?[ \t]*$)"
+    + r"|(?<![A-Za-z])\(?(?P<e>(?-i:[A-J]))\)?[ \t]+is[ \t]+(?:the[ \t]+)?(?:correct|right|best|answer)\b",
     re.IGNORECASE | re.MULTILINE,
 )
 _CHOICE_WINDOW = 600
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 # Plain words ("Monday", "yes", "no solution"): compared as \text{...}, not as products of one-letter variables.
 _WORDS = re.compile(r"^[A-Za-z]{3,}(?:[ -][A-Za-z]+)*$")
 # Two words in a row, outside LaTeX commands: the answer is prose ("she makes 18 dollars a day").
@@ -239,8 +243,10 @@ def _to_latex(text: str, *, boxed: bool) -> str:
         # Bare, so that math-verify reads it with its fast number path rather than the LaTeX parser.
         return f"{sign}{number['number'].replace(',', '')}{'%' if number['percent'] else ''}"
     mixed = _MIXED_NUMBER.match(text.strip("$ "))
-    if mixed is not None and 0 < int(mixed["num"]) < int(mixed["den"]):
-        return f"${mixed['sign']}{mixed['whole']}\\frac{{{mixed['num']}}}{{{mixed['den']}}}$"
+    if mixed is not None and 0 < int(mixed["num"]) < int(mixed["den"]) and len(text) < 40:
+        # As one improper fraction, bare: math-verify's fast number reader, not its LaTeX parser.
+        whole, num, den = int(mixed["whole"]), int(mixed["num"]), int(mixed["den"])
+        return f"{mixed['sign']}{whole * den + num}/{den}"
     if _WORDS.match(text):
         return f"$\\text{{{text}}}$"
     if boxed:
@@ -260,11 +266,14 @@ def chosen_letter(response: str, extraction: Extraction | None) -> str | None:
     the last letter stated as a choice in the response's final ``_CHOICE_WINDOW`` characters ("the correct option
     is (B)", "I choose C", "**D**"). A capital letter alone in a sentence ("A total of") is never a choice.
     """
-    if extraction is not None:
+    if extraction is not None and extraction.source != "bold":  # a bold letter may label an option ("**B**: 6")
         chosen = find_choice(extraction.text, _CHOICE_LETTERS)
-        if chosen is not None and (len(extraction.text) <= 3 or re.match(r"^\W*\(?[A-J]\)?(?![A-Za-z])",
-                                                                           extraction.text.strip("$*_ "))
-                                   or re.search(r"\([A-J]\)", extraction.text)):
+        # An anchored or boxed answer names its letter first or in parentheses ("(C) 12", "C: 12"); a bare line
+        # or a prose answer counts only when it is the letter alone ("(B)"), not "I choose C" or "Options (A), (B)".
+        anchored = extraction.source in ("boxed", "tag", "hash", "answer_is")
+        text = _TEXT_WRAPPER.sub(r"\1", extraction.text).strip("$*_ .")
+        if chosen is not None and (len(text) <= 3 or anchored and (
+                re.match(r"^\W*\(?[A-J]\)?(?![A-Za-z])", text) or re.search(r"\([A-J]\)", text))):
             return chosen
     last = None
     for last in _CHOICE_STATED.finditer(response, max(0, len(response) - _CHOICE_WINDOW)):  # noqa: B007

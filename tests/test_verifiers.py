@@ -226,6 +226,16 @@ RECALL_FORMS = [
     ('We computed 3 * 4 = 12 and 12 + 6 = 18, then we divide by 2.', '18', False),
     ('First, 3 * 4 = 12. Then 12 + 6 = 18.', '18', True),
     ('First, 3 * 4 = 12. Then 12 + 6 = 18.', '12', False),
+    ('\\boxed{x \\le -1 \\text{ or } x \\ge 2}', '(-\\infty,-1] \\cup [2,\\infty)', True),
+    ('\\boxed{x < 1 \\text{ or } x > 3}', '(-\\infty, 1) \\cup (3, \\infty)', True),
+    ('\\boxed{x < 1 \\text{ or } x > 3}', '(-\\infty, 1] \\cup (3, \\infty)', False),
+    ('The answer is x < 1 or x > 3.', '(-\\infty, 1) \\cup (3, \\infty)', True),
+    ('\\boxed{x < 1 \\text{ or } y > 3}', '(-\\infty, 1) \\cup (3, \\infty)', False),
+    ('\\boxed{2 \\text{ or } 3}', '2', False),
+    ("Let's check each option: A gives 5, B gives 6, C gives 7.", 'A', False),
+    ('Options (A), (B), (C) remain.', 'C', False),
+    ('**A**: 5\n**B**: 6', 'B', False),
+    ('I choose C.', 'C', True),
 ]
 
 

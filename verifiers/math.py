@@ -165,6 +165,8 @@ class MathVerifier(Verifier):
             correct = size == len(run) and self._compare(reference, "$\\boxed{" + joined + "}$")
         else:
             correct = self._compare(reference, answer_latex(extraction))
+            if not correct and _OR.search(extraction.text):
+                correct = self._compare_union(reference, extraction.text)
         if correct and units_differ(reference, extraction.text):
             correct = False  # math-verify drops units: "5 cm" would equal "5 m"
         return self._verdict(correct, extraction.text, "ok" if correct else "mismatch")
@@ -181,6 +183,33 @@ class MathVerifier(Verifier):
                 gold.start.is_finite and gold.end.is_finite):
             return 2, True  # "(2, 3)" reads as an open interval, and as the pair it usually is
         return 1, False
+
+    def _compare_union(self, reference: str, text: str) -> bool:
+        """Whether relations joined by "or" ("x \\le -1 \\text{ or } x \\ge 2") describe the reference's set.
+
+        math-verify turns one relation into its set (set-relation comparison) but reads no "or"; each relation is
+        parsed by math-verify, turned into its set by sympy, and the union compared by math-verify's set comparison.
+        """
+        from math_verify import parse, verify
+        from sympy import Set, Union
+        from sympy.core.relational import Relational
+
+        gold = self._parse_gold(reference)
+        if not any(isinstance(g, Set) for g in gold):
+            return False
+        parts = [p.strip(" $,") for p in _OR.split(text.replace("$", " "))]
+        if not 2 <= len(parts) <= 4:
+            return False
+        sets, symbols = [], set()
+        for part in parts:
+            parsed = next((p for p in parse(f"${part}$", parsing_timeout=None) if not isinstance(p, str)), None)
+            if not isinstance(parsed, Relational) or len(parsed.free_symbols) != 1:
+                return False
+            symbols |= parsed.free_symbols
+            sets.append(parsed.as_set())
+        if len(symbols) != 1:  # "x < 1 or y > 3" is no set of one variable
+            return False
+        return bool(verify(gold, [Union(*sets)], float_rounding=self.options.float_rounding, timeout_seconds=None))
 
     def _compare_uncached(self, reference: str, latex: str) -> bool:
         """Whether the answer text ``latex`` equals ``reference``."""
@@ -226,6 +255,8 @@ def reference_latex(reference: str) -> str:
     return _to_latex(reference, boxed=False)
 
 
+# "or" between two relations: "x \\le -1 \\text{ or } x \\ge 2", "x < 1 or x > 3", "x<1 \\lor x>3".
+_OR = re.compile(r"\\text\{\s*or\s*\}|\\(?:lor|vee)\b|\bor\b")
 # Unicode math that models write and math-verify's LaTeX parser does not read.
 _UNICODE_MATH = str.maketrans({"∞": r"\infty ", "≤": r"\le ", "≥": r"\ge ", "≠": r"\ne ", "−": "-", "×": r"\times ",
                                "·": r"\cdot ", "π": r"\pi ", "÷": "/", "∈": r"\in ", "∪": r"\cup ",

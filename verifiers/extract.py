@@ -93,6 +93,7 @@ PROSE_MAX_WORDS = 5
 # An anchored answer after the last box replaces it only when it looks like one: a number, math, a choice.
 _COMMITTED = re.compile(r"^(?:[-+\u2212(\[]|\\|\$|€|£|[0-9]|\(?[A-J]\)?$)")
 _STATED_NUMBER = re.compile(r"^(?:[-+\u2212]|\\?\$|€|£|(?:USD|EUR|GBP|INR|Rs\.?)\s)?\s*[0-9.\\]")
+_PART_LABEL = re.compile(r"(?:^|\s)(?:\((?:[a-h]|i{1,3}|iv|vi{0,3})\)|part\s+\(?[a-h1-9]\)?)\s", re.IGNORECASE)
 #: Boxes closer than this (connecting text such as ", ", " and ", "(b) ") form one run of answers.
 RUN_GAP_CHARS = 40
 _BOLD = re.compile(r"\*\*(?P<bold>[^*\n]{1,100})\*\*")
@@ -357,7 +358,10 @@ def boxed_run(text: str) -> list[str]:
         stop = opening.end() + len(content) + 1
         if found:
             gap = text[stop : found[-1][0]]
-            if len(gap) > RUN_GAP_CHARS or gap.count("\n") > 1 or _SENTENCE_END.search(gap.replace("$", " ")):
+            # A sentence end separates a superseded box from the final one, unless a part label follows it
+            # ("... km/h. (b) The time is \\boxed{3}"): the parts of one question answer together.
+            ended = _SENTENCE_END.search(gap.replace("$", " ")) and not _PART_LABEL.search(gap)
+            if len(gap) > RUN_GAP_CHARS or gap.count("\n") > 1 or ended:
                 break
         found.append((position, stop, strip_markdown(content)))
     return [content for _, _, content in reversed(found)]

@@ -11,7 +11,7 @@ import pytest
 
 from verifiers import VERIFIERS, Verdict, VerifierConfig, build_verifier
 from verifiers.audit import TRAP_CATEGORIES, audit, read_labelled
-from verifiers.extract import extract_answer, last_boxed
+from verifiers.extract import Extraction, extract_answer, last_boxed
 from verifiers.pool import _AffinityQueue
 
 LABELLED = Path(__file__).parent / "data" / "verifier_labelled.jsonl"
@@ -63,6 +63,51 @@ def test_extract_answer_none(text):
     assert extract_answer(text) is None
 
 
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("Therefore, the total number of apples is 42.", "42"),
+        ("So, the ordered pair is $(7, 6)$. <|im_start|>user", "(7, 6)"),
+        ("Donc, il reste 7 pommes.", "7"),
+        ("She sold 48 + 24 = 72 clips altogether.", "72 clips altogether"),
+        ("Thus the matrix is\n\\[\n\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}\n\\]", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
+    ],
+)
+def test_prose_conclusions_are_opt_in(text, answer):
+    assert extract_answer(text, prose=True) == Extraction(answer, "prose")
+    assert extract_answer(text) is None or extract_answer(text).source == "bare"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We still have to take away the 4 broken ones, so",  # stops mid-thought
+        "So we have 3 apples and 5 pears and then we need more work to finish",  # no statement, no end
+        "First 3 * 4 = 12. Then we divide the rest among the 5 friends and",
+    ],
+)
+def test_prose_needs_a_stated_value(text):
+    assert extract_answer(text, prose=True) is None
+
+
+def test_a_later_final_answer_overrides_an_earlier_box():
+    text = r"so \boxed{255} in interest. Final Answer: The final answer is $10,455$. I hope it is correct."
+    assert extract_answer(text) == Extraction("$10,455$", "answer_is")
+    assert extract_answer(r"\boxed{5}. The answer is correct because it checks out.").text == "5"
+
+
+def test_boxed_run_reads_the_final_boxes_only():
+    from verifiers.extract import boxed_run
+
+    assert boxed_run(r"(a) $\boxed{3}$ (b) $\boxed{5}$") == ["3", "5"]
+    assert boxed_run(r"First \boxed{5}. That is wrong; correcting, the answer is \boxed{7}.") == ["7"]
+
+
+def test_other_languages_answer_anchors():
+    assert extract_answer("Antwort:\n\nAntwort: C").text == "C"
+    assert extract_answer("La réponse finale est 12 euros.").text == "12 euros"
+
+
 def test_last_number_fallback_is_opt_in():
     text = "We add 3 and 4 to get 7, then multiply by 2 which gives 1,400 overall after scaling."
     assert extract_answer(text) is None
@@ -100,6 +145,141 @@ def test_math_verifier_table(math_verifier, response, reference, expected):
     assert verdict.correct is expected
     assert verdict.reason == ("ok" if expected else "mismatch")
     assert verdict.verifier == "math" and verdict.ms > 0
+
+
+# The recall issue's forms, in variations: matrices, inequalities for intervals, several boxes, mixed numbers,
+# choice letters in a sentence, conclusions in prose (other languages too), currency; and the false-positive controls
+# (units that differ, a sequence for one of its terms, an intermediate number).
+RECALL_FORMS = [
+    ('Therefore,\n\\[\n\\mathbf{M} = \\begin{pmatrix}\n1 & 2 \\\\\n3 & 4\n\\end{pmatrix}\n\\]', '\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}', True),
+    ('Thus the matrix is\n$$\\begin{pmatrix} 1 & 2 \\\\ 3 & 5 \\end{pmatrix}$$', '\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}', False),
+    ('**Final Answer**\nThe smallest value is $5$.', '5', True),
+    ('The answer is (-∞, 3).', '(-\\infty, 3)', True),
+    ('The answer is x ≤ 3.', '(-\\infty, 3]', True),
+    ('\\boxed{-3 < x < 2}', '(-3, 2)', True),
+    ('So $x = \\boxed{2}$ and $y = \\boxed{3}$.', '(2, 3)', True),
+    ('So $x = \\boxed{2}$ and $y = \\boxed{3}$.', '(3, 2)', False),
+    ('(a) $\\boxed{3}$\n(b) $\\boxed{5}$', '3, 5', True),
+    ('\\boxed{x=2}, \\boxed{y=3}', 'x=2, y=3', True),
+    ('\\boxed{4\\frac49}', '40/9', True),
+    ('\\boxed{-2 \\frac{1}{3}}', '-7/3', True),
+    ('The answer is 4 4/9 hours.', '40/9', True),
+    ('The correct answer is: **(C) 12**', 'C', True),
+    ('Option (B) is correct.', 'B', True),
+    ('Hence, (D).', 'D', True),
+    ('I believe B is the correct answer.', 'B', True),
+    ('I believe B is the correct answer.', 'C', False),
+    ('A total of 12 apples, so the answer is D.', 'A', False),
+    ('The final result is 42.', '42', True),
+    ('So, Natalia sold 72 clips altogether in April and May.', '72', True),
+    ('Hence the required sum equals $\\frac{3}{4}$.', '3/4', True),
+    ('Donc, il reste 7 pommes.', '7', True),
+    ('La respuesta correcta es 15.', '15', True),
+    ('The total cost is USD 1,250.', '1250', True),
+    ('She pays Rs. 500 in total, so the answer is Rs. 500.', '500', True),
+    ('\\boxed{5\\,\\mathrm{m}}', '5\\,\\mathrm{cm}', False),
+    ('\\boxed{5 \\text{ m}^2}', '5 \\text{ m}', False),
+    ('The answer is 18 ft.', '18 \\text{ feet}', True),
+    ('The sequence is 1, 2, 3.', '3', False),
+    ('The first term is 3, and the sum is 18.', '3', False),
+    ('The first term is 3, and the sum is 18.', '18', True),
+    ('\\boxed{3, 6, 9}', '3', False),
+    ('We get 5 + 3 = 8, then 8 * 2 = 16. Therefore the answer is 16 dollars.', '8', False),
+    ('The area is 12 square meters.', '12 \\text{ m}^2', True),
+    ('The answer is 12 square meters.', '12 \\text{ m}', False),
+    ('Thus\n\\[\n\\boxed{\\begin{pmatrix}\n1 \\\\\n2\n\\end{pmatrix}}\n\\]', '\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}', True),
+    ('The answer is $\\boxed{\\left[\\begin{matrix} 0 & 1 \\\\ 1 & 0 \\end{matrix}\\right]}$', '\\begin{pmatrix} 0 & 1 \\\\ 1 & 0 \\end{pmatrix}', True),
+    ('The matrix is $\\begin{pmatrix} 2 & 0 \\\\ 0 & 2 \\end{pmatrix}$.', '\\begin{pmatrix} 2 & 0 \\\\ 0 & 2 \\end{pmatrix}', True),
+    ('The matrix is $\\begin{pmatrix} 2 & 0 \\\\ 0 & 2 \\end{pmatrix}$.', '\\begin{pmatrix} 2 & 0 \\\\ 0 & 3 \\end{pmatrix}', False),
+    ('So x ∈ (−∞, 3).', '(-\\infty, 3)', True),
+    ('Therefore $x < 3$.', '(-\\infty, 3)', True),
+    ('Therefore $x \\leq 3$.', '(-\\infty, 3)', False),
+    ('\\boxed{[2, \\infty)}', 'x \\geq 2', True),
+    ('\\boxed{(2, \\infty)}', 'x \\geq 2', False),
+    ('The two solutions are $\\boxed{-2}$ and $\\boxed{3}$.', '-2, 3', True),
+    ('The two solutions are $\\boxed{-2}$ and $\\boxed{3}$.', '3, -2', True),
+    ('The two solutions are $\\boxed{-2}$ and $\\boxed{3}$.', 'x = -2 \\text{ or } x = 3', True),
+    ('The two solutions are $\\boxed{-2}$ and $\\boxed{4}$.', '-2, 3', False),
+    ('\\boxed{2\\tfrac{1}{2}}', '\\frac{5}{2}', True),
+    ('You need 2 1/2 cups.\n\nThe answer is 2 1/2 cups.', '\\frac{5}{2}', True),
+    ('The answer is 1 3/4.', '1.75', True),
+    ('The answer is 1 3/4.', '0.75', False),
+    ('**(B)**', 'B', True),
+    ('Answer: (B) 1/2', 'B', True),
+    ('The answer is option B.', 'B', True),
+    ('The correct answer is $\\boxed{\\text{B}}$', 'B', True),
+    ('The correct answer is $\\boxed{\\text{B}}$', '(D)', False),
+    ('In conclusion, the value of $x$ is $\\frac{1}{2}$.', '1/2', True),
+    ('The value of x is 1/2, so we are done.', '1/2', True),
+    ('La réponse est donc 42.', '42', True),
+    ('Réponse finale : 42', '42', True),
+    ('The total is $\\$1{,}250.00$.', '1250', True),
+    ('The wage is $12.50 per hour.', '12.5', True),
+    ('\\boxed{12 \\text{ feet}}', '12 \\text{ inches}', False),
+    ('\\boxed{3 \\text{ hours}}', '3 \\text{ minutes}', False),
+    ('The answer is 5 centimeters.', '5 cm', True),
+    ('\\boxed{30}', '30^\\circ', True),
+    ('The terms are 1, 2, and 3.', '3', False),
+    ('\\boxed{5, 10, 15}', '5', False),
+    ('\\boxed{3}', '1, 2, 3', False),
+    ('$x = 1, 2, 3$. So $\\boxed{x = 1, 2, 3}$', '3', False),
+    ('We computed 3 * 4 = 12 and 12 + 6 = 18, then we divide by 2.', '18', False),
+    ('First, 3 * 4 = 12. Then 12 + 6 = 18.', '18', True),
+    ('First, 3 * 4 = 12. Then 12 + 6 = 18.', '12', False),
+    ('\\boxed{x \\le -1 \\text{ or } x \\ge 2}', '(-\\infty,-1] \\cup [2,\\infty)', True),
+    ('\\boxed{x < 1 \\text{ or } x > 3}', '(-\\infty, 1) \\cup (3, \\infty)', True),
+    ('\\boxed{x < 1 \\text{ or } x > 3}', '(-\\infty, 1] \\cup (3, \\infty)', False),
+    ('The answer is x < 1 or x > 3.', '(-\\infty, 1) \\cup (3, \\infty)', True),
+    ('\\boxed{x < 1 \\text{ or } y > 3}', '(-\\infty, 1) \\cup (3, \\infty)', False),
+    ('\\boxed{2 \\text{ or } 3}', '2', False),
+    ("Let's check each option: A gives 5, B gives 6, C gives 7.", 'A', False),
+    ('Options (A), (B), (C) remain.', 'C', False),
+    ('**A**: 5\n**B**: 6', 'B', False),
+    ('I choose C.', 'C', True),
+    ('The final answer is $\\boxed{\\begin{pmatrix} 3 \\\\ -1 \\\\ 2 \\end{pmatrix}}$.', '\\begin{pmatrix} 3 \\\\ -1 \\\\ 2 \\end{pmatrix}', True),
+    ('The final answer is $\\boxed{\\begin{pmatrix} 3 \\\\ -1 \\\\ 2 \\end{pmatrix}}$.', '\\begin{pmatrix} 3 \\\\ 1 \\\\ 2 \\end{pmatrix}', False),
+    ('Thus $\\mathbf{A}^{-1} = \\boxed{\\begin{pmatrix} 2 & -1 \\\\ -5 & 3 \\end{pmatrix}}.$', '\\begin{pmatrix} 2 & -1 \\\\ -5 & 3 \\end{pmatrix}', True),
+    ('so the answer is $\\begin{pmatrix} 1/2 \\\\ 3/4 \\end{pmatrix}$', '\\begin{pmatrix} \\frac{1}{2} \\\\ \\frac{3}{4} \\end{pmatrix}', True),
+    ('The domain is $\\boxed{x \\ge 2}$.', '[2,\\infty)', True),
+    ('The domain is $\\boxed{x > 2}$.', '[2,\\infty)', False),
+    ('Hence $k \\in \\boxed{(-\\infty, -2) \\cup (2, \\infty)}$', '(-\\infty,-2)\\cup(2,\\infty)', True),
+    ('Hence \\boxed{|k| > 2}', '(-\\infty,-2)\\cup(2,\\infty)', True),
+    ('The solutions are $x = \\boxed{1}$ and $x = \\boxed{-3}$.', '1, -3', True),
+    ('The solutions are $x = \\boxed{1}$ and $x = \\boxed{-3}$.', '-3', False),
+    ('(a) The speed is $\\boxed{12}$ km/h. (b) The time is $\\boxed{3}$ hours.', '12, 3', True),
+    ('$\\boxed{3}$ and $\\boxed{5}$', '\\{3, 5\\}', True),
+    ('$\\boxed{3}$, $\\boxed{5}$, and $\\boxed{7}$', '3, 5, 7', True),
+    ('The answer is $\\boxed{3\\frac{1}{2}}$ hours.', '7/2', True),
+    ('The answer is 3 1/2.', '3.5', True),
+    ('The answer is 3 1/2.', '1.5', False),
+    ('So the answer is **C**.', 'C', True),
+    ('The correct choice is (E).', 'E', True),
+    ('Therefore, choice B is correct.', 'B', True),
+    ('Therefore, choice B is correct.', 'D', False),
+    ('$\\boxed{A}$', 'A', True),
+    ('$\\boxed{A}$', 'B', False),
+    ('Donc, la réponse est $\\frac{3}{4}$.', '3/4', True),
+    ('Par conséquent, x = 5.', '5', True),
+    ('Respuesta: 12', '12', True),
+    ('Die Antwort ist 8.', '8', True),
+    ('Thus, the number of students is 24.', '24', True),
+    ('Thus, the number of students is 24.', '42', False),
+    ('Therefore, she earned $\\$1,080$ in total.', '1080', True),
+    ('The total cost is \\$2,500.00.', '2500', True),
+    ('The price is 3.50 dollars.', '3.5', True),
+    ('\\boxed{\\$2.5 \\text{ million}}', '2500000', False),
+    ('\\boxed{10 \\text{ km}}', '10 \\text{ m}', False),
+    ('\\boxed{10\\,\\text{km}}', '10', True),
+    ('\\boxed{10 \\text{ kg}}', '10 \\text{ g}', False),
+    ('The answer is 2, 4, 6, 8.', '8', False),
+    ('\\boxed{2, 4, 6, 8}', '2, 4, 6, 8', True),
+    ('The sequence continues $1, 4, 9, 16, \\boxed{25}$', '25', True),
+]
+
+
+@pytest.mark.parametrize("response, reference, expected", RECALL_FORMS)
+def test_math_recall_forms(math_verifier, response, reference, expected):
+    assert math_verifier(response, reference).correct is expected
 
 
 def test_math_batch_keeps_order_and_flags_truncation(math_verifier):
@@ -467,6 +647,23 @@ def test_math_beats_raw_math_verify_on_the_labelled_set(math_audit):
     assert ours["latency_ms"]["p50"] <= ours["latency_ms"]["p99"]
 
 
+RECALL_CATEGORIES = ("matrix", "interval", "multi_box", "mixed_number", "choice", "prose", "currency", "units",
+                     "sequence")
+
+
+def test_math_never_loses_to_math_verify_on_the_recall_categories(math_audit):
+    """Per category, the verifier is at least as accurate as raw and boxed-gold math-verify, with no more false
+    positives than the better of the two; none at all on units and sequences."""
+    ours = math_audit["per_category"]
+    raw, boxed = math_audit["raw_math_verify"]["per_category"], math_audit["boxed_math_verify"]["per_category"]
+    for category in RECALL_CATEGORIES:
+        assert ours[category]["n"] >= 6, category
+        assert ours[category]["accuracy"] >= max(raw[category]["accuracy"], boxed[category]["accuracy"]), category
+        assert ours[category]["fp"] <= min(raw[category]["fp"], boxed[category]["fp"]), category
+    assert ours["units"]["fp"] == 0 and ours["sequence"]["fp"] == 0
+    assert math_audit["summary"]["accuracy"] > math_audit["boxed_math_verify"]["summary"]["accuracy"]
+
+
 def test_ensemble_audit_lists_member_verdicts_for_every_disagreement():
     report = audit(LABELLED, "ensemble", compare_raw=False, members=["numeric", "exact"], policy="any")
     assert report["disagreements"], "numeric and exact disagree somewhere on the labelled set"
@@ -500,8 +697,11 @@ def test_audit_cli(tmp_path, capsys):
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "Verifier audit" in printed and "line 4 rejected" in printed
+    assert "boxed-gold math-verify" in printed and "accuracy FP/FN" in printed
     report = json.loads(out.read_text())
     assert report["summary"]["fn"] == 1 and report["summary"]["accuracy"] == pytest.approx(2 / 3)
+    assert report["per_category"]["gsm8k"]["fn"] == 1
+    assert report["boxed_math_verify"]["per_category"]["gsm8k"]["n"] == 3
     args = parser.parse_args(["audit-verifier", str(labelled), "--verifier", "numeric", "--no-raw", "--min-accuracy", "0.9"])
     assert args.func(args) == 1
     args = parser.parse_args(["audit-verifier", str(tmp_path / "missing.jsonl")])

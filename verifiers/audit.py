@@ -1,5 +1,7 @@
 """Audit a verifier on a hand-labelled set: accuracy, false positives/negatives, per-category confusion, latency,
-the rows where ensemble members disagree, and the same figures for raw math-verify as a baseline.
+the rows where ensemble members disagree, and the same figures for two math-verify baselines: raw
+``verify(parse(reference), parse(response))`` and boxed-gold ``verify(parse("$\\boxed{reference}$"),
+parse(response))`` (the reference wrapped so that math-verify reads it as one LaTeX answer).
 
 Input: JSON lines with ``response``, ``reference``, ``expected`` (bool: is the response correct?), ``category``,
 and optionally ``origin``, ``truncated`` (bool) and ``note``. A malformed line is reported with its line number
@@ -23,7 +25,8 @@ from typing import Any
 from verifiers import build_verifier
 from verifiers.base import Verdict
 
-#: Categories of known math-verify failure modes; the acceptance bar is strictly fewer false positives on these.
+#: Categories of known false-positive modes (math-verify's, and units and sequences, where recall work could add
+#: them); the acceptance bar is strictly fewer false positives on these than raw math-verify.
 TRAP_CATEGORIES = (
     "tiny_values",
     "equation_lists",
@@ -32,6 +35,8 @@ TRAP_CATEGORIES = (
     "text_wrapped",
     "percentages",
     "intervals_sets",
+    "units",
+    "sequence",
 )
 _REQUIRED = {"response": str, "reference": str, "expected": bool, "category": str}
 
@@ -82,12 +87,19 @@ def raw_math_verify(response: str, reference: str) -> bool:
         return False
 
 
+def boxed_math_verify(response: str, reference: str) -> bool:
+    """The second baseline: math-verify with the reference wrapped as ``$\\boxed{...}$``, as RL reward code often
+    calls it, so that a reference such as ``1, 2`` or ``x^2+1`` is read as one LaTeX answer."""
+    return raw_math_verify(response, "$\\boxed{" + reference + "}$")
+
+
 def audit(path: str | Path, verifier_name: str = "math", *, compare_raw: bool = True, **options: Any) -> dict[str, Any]:
     """Run ``verifier_name`` (with ``options``) over the labelled set at ``path`` and return the report dict.
 
     Keys: ``summary``, ``per_category``, ``reasons``, ``misjudged`` (rows the verifier got wrong),
-    ``disagreements`` (rows where ensemble members disagree, with every member's verdict), ``raw_math_verify``
-    (the baseline's summary and per-category figures), ``differences`` (rows where verifier and baseline differ),
+    ``disagreements`` (rows where ensemble members disagree, with every member's verdict), ``raw_math_verify`` and
+    ``boxed_math_verify`` (each baseline's summary and per-category figures), ``differences`` (rows where verifier
+    and raw baseline differ),
     ``trap_false_positives`` and ``rejected`` (malformed input lines).
     """
     import logging
@@ -122,19 +134,19 @@ def audit(path: str | Path, verifier_name: str = "math", *, compare_raw: bool = 
     }
     report["trap_false_positives"] = {"verifier": _trap_fp(report["per_category"])}
     if compare_raw:
-        raw, raw_ms = [], []
-        for row in rows:
-            started = time.perf_counter()
-            raw.append(raw_math_verify(row["response"], row["reference"]))
-            raw_ms.append((time.perf_counter() - started) * 1e3)
-        report["raw_math_verify"] = {
-            "summary": _summary(rows, raw, raw_ms),
-            "per_category": _per_category(rows, raw),
-        }
-        report["trap_false_positives"]["raw_math_verify"] = _trap_fp(report["raw_math_verify"]["per_category"])
+        baselines = {}
+        for key, baseline in (("raw_math_verify", raw_math_verify), ("boxed_math_verify", boxed_math_verify)):
+            predicted, ms = [], []
+            for row in rows:
+                started = time.perf_counter()
+                predicted.append(baseline(row["response"], row["reference"]))
+                ms.append((time.perf_counter() - started) * 1e3)
+            baselines[key] = predicted
+            report[key] = {"summary": _summary(rows, predicted, ms), "per_category": _per_category(rows, predicted)}
+            report["trap_false_positives"][key] = _trap_fp(report[key]["per_category"])
         report["differences"] = [
             {**_row_view(row, verdict), "raw_math_verify": raw_correct}
-            for row, verdict, raw_correct in zip(rows, verdicts, raw)
+            for row, verdict, raw_correct in zip(rows, verdicts, baselines["raw_math_verify"])
             if raw_correct != verdict.correct
         ]
     return report
@@ -201,25 +213,37 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     table = Table(title=f"Verifier audit: {report['path']} ({report['n']} rows)")
     for column in ("verifier", "accuracy", "TP", "TN", "FP", "FN", "FP on traps", "p50 ms", "p99 ms"):
         table.add_column(column, justify="left" if column == "verifier" else "right", no_wrap=column == "verifier")
+    boxed = report.get("boxed_math_verify")
     lines = [(name, report["summary"], report["trap_false_positives"]["verifier"])]
     if raw:
         lines.append(("raw math-verify", raw["summary"], report["trap_false_positives"]["raw_math_verify"]))
+    if boxed:
+        lines.append(("boxed-gold math-verify", boxed["summary"], report["trap_false_positives"]["boxed_math_verify"]))
     for label, s, trap_fp in lines:
         table.add_row(label, f"{s['accuracy']:.3f}", *(str(s[k]) for k in ("tp", "tn", "fp", "fn")), str(trap_fp),
                       f"{s['latency_ms']['p50']:.1f}", f"{s['latency_ms']['p99']:.1f}")
     console.print(table)
 
-    table = Table(title="Per category (TP/TN/FP/FN)" + (" vs raw math-verify" if raw else ""))
-    for column in ("category", "n", name, "acc") + (("raw", "raw acc") if raw else ()):
-        table.add_column(column, justify="left" if column == "category" else "right")
+    # One column group per checker: accuracy, false positives, false negatives, for each category.
+    checkers = [(name, report["per_category"])]
+    if raw:
+        checkers.append(("raw", raw["per_category"]))
+    if boxed:
+        checkers.append(("boxed-gold", boxed["per_category"]))
+    title = "Per category: accuracy FP/FN" + (" beside math-verify (raw, boxed-gold)" if raw else "")
+    table = Table(title=title)
+    table.add_column("category", no_wrap=True)
+    table.add_column("n", justify="right")
+    for label, _ in checkers:
+        table.add_column(label, justify="right", no_wrap=True)
     for category, s in report["per_category"].items():
-        cells = [category + (" *" if category in TRAP_CATEGORIES else ""), str(s["n"]), _cell(s), f"{s['accuracy']:.2f}"]
-        if raw:
-            r = raw["per_category"][category]
-            cells += [_cell(r), f"{r['accuracy']:.2f}"]
+        cells = [category + (" *" if category in TRAP_CATEGORIES else ""), str(s["n"])]
+        for _, per_category in checkers:
+            c = per_category[category]
+            cells.append(f"{c['accuracy']:.2f} {c['fp']}/{c['fn']}")
         table.add_row(*cells)
     console.print(table)
-    console.print("* trap category (known math-verify failure mode)")
+    console.print("* trap category (known false-positive mode); cells: accuracy FP/FN")
     console.print("reasons: " + ", ".join(f"{k}={v}" for k, v in report["reasons"].items()))
 
     if report["disagreements"]:
@@ -245,10 +269,6 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
             console.print(f"[red]line {r['line']} rejected:[/red] {r['reason']}")
 
 
-def _cell(s: dict[str, Any]) -> str:
-    return f"{s['tp']}/{s['tn']}/{s['fp']}/{s['fn']}"
-
-
 def _verdict_cell(v: dict[str, Any]) -> str:
     extracted = "" if v["extracted"] is None else f" [{_show(v['extracted'], 30)}]"
     return f"{v['verifier']}: {'✓' if v['correct'] else '✗'} {v['reason']}{extracted}"
@@ -272,7 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="verifier option; VALUE is read as YAML (e.g. -o timeout_s=2 -o 'members=[math, numeric]')",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the full report as JSON to PATH")
-    parser.add_argument("--no-raw", action="store_true", help="skip the raw math-verify baseline")
+    parser.add_argument("--no-raw", action="store_true", help="skip the math-verify baselines (raw and boxed-gold)")
     parser.add_argument("--min-accuracy", type=float, metavar="X", help="exit with status 1 if accuracy < X")
 
 

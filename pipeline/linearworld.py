@@ -177,7 +177,8 @@ class Geometry:
         if abs(rho_g - rho * rho_star) > spread + 1e-9:
             raise LinearWorldError(
                 f"no oracle has cos(w_o, w*) = {rho_star:g} and cos(w_o, w_g) = {rho_g:g} when cos(w_g, w*) = "
-                f"{rho:g}: set rho_g within [{rho * rho_star - spread:.6g}, {rho * rho_star + spread:.6g}] "
+                f"{rho:g}: set rho_g within [{max(0.0, rho * rho_star - spread):.6g}, "
+                f"{min(1.0, rho * rho_star + spread):.6g}] "
                 "(or leave it unset: rho * rho_star)")
         orth = math.sqrt(max(0.0, 1.0 - rho**2))
         along_e2 = (rho_g - rho * rho_star) / orth if orth > 1e-12 else 0.0

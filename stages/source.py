@@ -34,16 +34,17 @@ class LinearOracle(Frozen):
 
     @model_validator(mode="after")
     def _possible(self) -> "LinearOracle":
-        if self.rho_g is not None and self.generator is None:
-            raise ValueError("oracle.rho_g is a cosine with a generator: set oracle.generator to it (e.g. "
-                             "linear:rho=0.9), or drop rho_g")
-        self.geometry()  # an impossible triple of cosines fails here, naming the range rho_g must lie in
+        if self.rho_g is None or self.generator is not None:
+            self.geometry()  # an impossible triple of cosines fails here, naming the range rho_g must lie in
         return self
 
     def geometry(self):
-        """The pool's ``pipeline.linearworld.Geometry`` (rho from ``generator``; 1 when it is unset)."""
+        """The pool's ``pipeline.linearworld.Geometry`` (rho from ``generator``, which only rho_g needs)."""
         from pipeline.linearworld import Geometry, parse_spec
 
+        if self.rho_g is not None and self.generator is None:
+            raise ValueError("oracle.rho_g is a cosine with a generator: set oracle.generator to it (e.g. "
+                             "linear:rho=0.9; in a sweep, give the oracle per generator), or drop rho_g")
         rho = parse_spec(self.generator).rho if self.generator is not None else 1.0
         return Geometry(rho=rho, rho_star=self.rho_star, rho_g=self.rho_g)
 
@@ -92,6 +93,8 @@ class SourceConfig(StageConfig):
             raise ValueError(f"n (number of problems) is required when kind is {self.kind!r}")
         if self.kind == "linear" and self.dim is None:
             raise ValueError("dim (the feature dimension d) is required when kind is 'linear', e.g. dim: 100")
+        if self.oracle is not None:
+            self.oracle.geometry()  # rho_g needs its generator here: a source answers with one oracle
         given = [k for k in ("dim", "oracle") if getattr(self, k) is not None]
         if self.kind != "linear" and given:
             raise ValueError(f"{', '.join(given)}: only a 'linear' source takes it; remove it or set kind: linear")

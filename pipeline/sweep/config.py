@@ -276,10 +276,13 @@ class SweepConfig(Frozen):
             if spec.oracle is not None and spec.oracle.generator not in (None, spec.model):
                 raise ValueError(f"pool.generators.{name}.oracle.generator: rho_g is measured against this pool's "
                                  f"own generator {spec.model}; remove oracle.generator")
+            parse_spec(spec.model)
             oracle = spec.oracle or self.pool.source.oracle
             if oracle is not None:  # rho_g against this generator: is the triple of cosines possible?
-                oracle.model_copy(update={"generator": spec.model}).geometry()
-            parse_spec(spec.model)
+                try:
+                    oracle.model_copy(update={"generator": spec.model}).geometry()
+                except ValueError as e:
+                    raise ValueError(f"pool.generators.{name}.oracle: {e}") from None
         heldout = self.evaluate.heldout
         if heldout.kind != "linear" or heldout.dim != self.pool.source.dim or heldout.oracle is not None:
             raise ValueError(f"evaluate.heldout: the linear student is tested on {{kind: linear, dim: "

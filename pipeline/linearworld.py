@@ -232,8 +232,7 @@ class LinearModel:
         drawn from each row's seed (batch-independent). A zero margin counts as +1."""
         margin = matrix @ self.direction(matrix.shape[1]) if len(matrix) else np.zeros(0)
         if noisy and self.sigma > 0:
-            norm = float(np.linalg.norm(self.direction(matrix.shape[1]))) or 1.0  # sigma is in units of the margin
-            margin = margin + self.sigma * norm * row_normals(seeds)
+            margin = margin + self.sigma * row_normals(seeds)
         return np.where(margin >= 0.0, 1, -1)
 
 

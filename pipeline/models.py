@@ -1,4 +1,5 @@
-"""Resolving a model reference: ``toy:<name>`` (built locally on first use), a directory, or a hub id."""
+"""Resolving a model reference: ``toy:<name>`` (built locally on first use), a ``linear:`` spec of the linear world
+(no weights to find: it stands for itself), a directory, or a hub id."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ TOY_PREFIX = "toy:"
 
 
 def resolve_model(ref: str) -> str:
-    """A path or hub id that ``from_pretrained`` accepts. ``toy:NAME`` builds the project's tiny model if needed."""
+    """A path or hub id that ``from_pretrained`` accepts. ``toy:NAME`` builds the project's tiny model if needed;
+    a ``linear:rho=R[,sigma=S]`` spec is checked and returned as it is (the linear backend reads it, never a hub)."""
+    from pipeline import linearworld
+
+    if ref.startswith(linearworld.PREFIX):
+        linearworld.parse_spec(ref)
+        return ref
     if ref.startswith(TOY_PREFIX):
         from pipeline.toymodel import ensure_toy_model
 
@@ -31,10 +38,15 @@ def resolve_model(ref: str) -> str:
 
 
 def model_fingerprint(resolved: str) -> str:
-    """Content fingerprint of a model: its config and the names, sizes and mtimes of its weight files."""
+    """Content fingerprint of a model: its config and the names, sizes and mtimes of its weight files (a ``linear:``
+    spec: its canonical text; a saved linear student: its weights, which live in its config)."""
+    from pipeline import linearworld
+
     path = Path(resolved)
     h = hashlib.sha256()
-    if path.is_dir():
+    if resolved.startswith(linearworld.PREFIX):
+        h.update(linearworld.parse_spec(resolved).canonical.encode())
+    elif path.is_dir():
         h.update((path / "config.json").read_bytes())
         for f in sorted(path.iterdir()):
             if f.suffix in (".safetensors", ".bin", ".gguf", ".json"):

@@ -369,7 +369,8 @@ def training_rows(samples, decisions):
 def corrupt_answer(completion: str | None, answer: str | None, key: str) -> str:
     """The completion with its final ``\\boxed{...}`` answer replaced by a wrong one (appended when it has none).
 
-    Integers move by a nonzero offset (hashed from ``key``, so the same row always gets the same wrong answer); other
+    Integers move by a nonzero offset (hashed from ``key``, so the same row always gets the same wrong answer), except
+    the labels 1 and -1 of the linear world, which flip (a sign is the only wrong answer a sign classifier has); other
     answers get a changed last character."""
     import hashlib
 
@@ -384,7 +385,7 @@ def corrupt_answer(completion: str | None, answer: str | None, key: str) -> str:
     basis = (current if current is not None else answer or "0").strip()
     offset = 1 + hashlib.blake2b(key.encode(), digest_size=2).digest()[0] % 9
     try:
-        wrong = str(int(basis) + offset)
+        wrong = str(-int(basis)) if basis in ("1", "-1") else str(int(basis) + offset)
     except ValueError:
         wrong = basis + str(offset) if basis else str(offset)
     if current is not None:

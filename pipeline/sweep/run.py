@@ -26,7 +26,9 @@ def run_sweep(cfg: SweepConfig, console=None) -> dict[str, Any]:
     load_before = os.getloadavg()
     run_dir = cfg.resolved_run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json"), indent=1) + "\n")
+    # Only what was set: blocks that refuse a key when it is given (evaluate.heldout.split, a linear sweep's
+    # finetune) read back the same config in the trial workers.
+    (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json", exclude_unset=True), indent=1) + "\n")
     console.print(f"[bold]sweep[/]: {run_dir}")
     t0 = time.perf_counter()
     manifest = build_pools(cfg, console=console)

@@ -1,5 +1,17 @@
-"""The trials: one cell curated from the pool, fine-tuned and evaluated (``run_trial``), the collapse-loop chains, Ray
-Tune running them (``run_trials``), and the results table."""
+"""The trials: one cell curated from the pool, trained and evaluated (``run_trial``), the collapse-loop chains, Ray
+Tune running them (``run_trials``), and the results table.
+
+What a trial's result holds (``result.json``; ``flat_metrics`` puts the scalars in the results table):
+
+- ``spec`` (the cell: generator, pool_size, rule, keep_fraction, oracle_noise, generator_noise, seed), ``curation``
+  (what the rule kept, and ``theory_keep_fraction``, see ``theory_keep_fraction``), the evaluation ``metrics``
+  (metric -> group -> value and interval), ``seconds``, ``fingerprint``; per held-out problem, ``scores.parquet``;
+- for the linear student, also what the theory needs to predict the cell (pipeline.theory's names): ``d``,
+  ``rho`` (cos(w_g, w*) of the generator that labelled the data), ``rho_star`` (cos(w_o, w*)), ``rho_g``
+  (cos(w_o, w_g)), ``lam``, ``n`` (the pool size, which the ridge loss averages over), ``p`` (the theory's keep
+  fraction) and ``exact_error`` (arccos(cos(w, w*))/pi of the trained student), with ``learned_rho`` /
+  ``learned_rho_g`` (the student's own cosines with w* and w_o); a loop chain has them per round.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import io
-from pipeline.sweep.config import RULE_SPECS, SweepConfig, code_version, parse_sweep_config, trial_config_json
-from pipeline.sweep.layout import CONFIG_FILE, RESULT_FILE, SCORES_FILE, TRIALS_DIR, TUNE_DIR, round_dirname
-from pipeline.sweep.pool import nested_subset, pool_problems, pool_samples, read_manifest, read_scores
+from pipeline.sweep.config import (LABEL_AGNOSTIC_FORM, RULE_SPECS, SweepConfig, code_version, parse_sweep_config,
+                                   trial_config_json)
+from pipeline.sweep.layout import (CONFIG_FILE, MANIFEST_FILE, POOL_DIR, RESULT_FILE, SCORES_FILE, TRIALS_DIR, TUNE_DIR,
+                                   round_dirname)
+from pipeline.sweep.pool import nested_subset, pool_geometry, pool_problems, pool_samples, pool_source, read_manifest
+from pipeline.sweep.student import MODEL_SUBDIR, train_and_evaluate
 
 # -- one trial -----------------------------------------------------------------------------------------------------
 
@@ -40,6 +55,7 @@ def curate_rows(samples, rule: str, keep_fraction: float, oracle_noise: float, g
         "pool_problems": int(samples[C.PROBLEM_ID].nunique()),
         "kept_rows": int(len(rows)),
         "kept_problems": int(rows[C.PROBLEM_ID].nunique()) if len(rows) else 0,
+        "theory_keep_fraction": theory_keep_fraction(samples, rows, rule, oracle_noise, seed),
         "kept_trace_accuracy": float(rows[C.CORRECT].mean()) if len(rows) else float("nan"),
         "kept_mean_pass_rate": float(rows[C.PASS_RATE].mean()) if len(rows) and C.PASS_RATE in rows else float("nan"),
         "kept_by_level": ({str(int(k)): int(v) for k, v in rows[C.LEVEL].value_counts().sort_index().items()}
@@ -52,7 +68,32 @@ def curate_rows(samples, rule: str, keep_fraction: float, oracle_noise: float, g
     return rows, summary
 
 
+def theory_keep_fraction(samples, rows, rule: str, oracle_noise: float, seed: int) -> float:
+    """The keep fraction p of the theory (``pipeline.theory``) that a cell's curation realised.
+
+    The pipeline's ``keep_fraction`` of a label-aware rule counts problems *after* the correctness filter (the
+    budget takes p n of the problems with a correct trace); the theory's p is the fraction the difficulty rule keeps
+    *before* it. So p is the share of the pool's n problems that the rule's label-agnostic order (the same scores
+    and tie-breaks, no filter) places at or before the last kept problem: for keep_hard_correct, the pool's
+    problems with an oracle margin at most the largest kept one. For a label-agnostic rule that is the kept share
+    itself, and for ``correct_only`` (no difficulty rule) it is 1."""
+    from pipeline import columns as C
+    from stages.curate import plan
+
+    n = samples[C.PROBLEM_ID].nunique()
+    kept = set(rows[C.PROBLEM_ID]) if len(rows) else set()
+    agnostic = LABEL_AGNOSTIC_FORM.get(rule)
+    if agnostic is None or not kept or n == 0:
+        return len(kept) / n if n else 0.0
+    if agnostic == "all":
+        return 1.0
+    ranks = plan(samples, curate_config(agnostic, 1.0, oracle_noise, 0.0, seed), seed)["rank"]
+    kept_ranks = ranks[samples[C.PROBLEM_ID].isin(kept).to_numpy()]
+    return float((kept_ranks.max() + 1) / n)
+
+
 _POOL_CACHE: dict[tuple[str, str], Any] = {}
+_CONTEXTS: dict[str, tuple[str, "TrialContext"]] = {}
 
 
 class TrialContext:
@@ -65,6 +106,43 @@ class TrialContext:
         problems = pool_problems(self.manifest)
         self.exclude_ids = set(problems["problem_id"])
         self.exclude_texts = set(problems["problem"])
+        self._shared_fingerprint: str | None = None
+        self._linear_heldout: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike) -> "TrialContext":
+        """The context of ``run_dir``, kept per worker process while its config and pool manifest are unchanged:
+        a trial of the linear world takes milliseconds, so reading them (and the pool's problems) per trial would
+        dominate."""
+        run_dir = Path(run_dir)
+        state = (run_dir / CONFIG_FILE).read_text() + (run_dir / POOL_DIR / MANIFEST_FILE).read_text()
+        key = str(run_dir.resolve())
+        cached = _CONTEXTS.get(key)
+        if cached is None or cached[0] != state:
+            _CONTEXTS[key] = (state, cls(run_dir))
+        return _CONTEXTS[key][1]
+
+    def geometry(self, generator: str):
+        """The linear world's geometry of a generator's pool (None outside the linear world)."""
+        return pool_geometry(self.cfg, generator)
+
+    def linear_heldout(self) -> dict[str, Any]:
+        """The held-out problems the linear student is scored on (the reference evaluation's): ``problem_id``,
+        ``level``, ``features`` and ``labels`` (the truth's, +1 / -1); drawn once per context."""
+        if self._linear_heldout is None:
+            import numpy as np
+
+            from pipeline import columns as C
+            from pipeline.evaluate import heldout_problems
+            from pipeline.linearworld import features
+
+            held = heldout_problems(self.cfg.evaluate, self.cfg.seed, self.exclude_ids, self.exclude_texts).rows
+            self._linear_heldout = {
+                "problem_id": [r[C.PROBLEM_ID] for r in held], "level": [r[C.LEVEL] for r in held],
+                "features": features([r[C.PROBLEM] for r in held]),
+                "labels": np.array([float(r[C.ANSWER]) for r in held]),
+            }
+        return self._linear_heldout
 
     def samples(self, generator: str):
         """The generator's pool table (cached per worker process: consecutive trials reuse it)."""
@@ -86,10 +164,13 @@ class TrialContext:
 
         if spec.get("fingerprint"):  # computed by the driver: the trial and the results table agree on it
             return spec["fingerprint"]
+        if self._shared_fingerprint is None:  # the same for every trial: computed once, not once per trial
+            student = (model_fingerprint(resolve_model(self.cfg.finetune.student))
+                       if self.cfg.student.kind == "trl" else "ridge")  # ridge: its lam is in trial_config_json
+            self._shared_fingerprint = io.digest(trial_config_json(self.cfg), student, code_version())
         pool_fp = self.manifest["generators"][spec["generator"]]["fingerprint"]
-        student = model_fingerprint(resolve_model(self.cfg.finetune.student))
         cell = {k: v for k, v in spec.items() if k not in ("trial_id", "block", "fingerprint")}
-        return io.digest(cell, pool_fp, trial_config_json(self.cfg), student, code_version())
+        return io.digest(cell, pool_fp, self._shared_fingerprint)
 
 
 def _finished(directory: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -111,45 +192,12 @@ def _save(directory: Path, fingerprint: str, result: dict[str, Any]) -> None:
     os.replace(tmp, directory / RESULT_FILE)
 
 
-def _train_and_evaluate(ctx: TrialContext, rows, out_dir: Path, seed: int,
-                        keep_model: bool = False) -> tuple[dict[str, Any], Any]:
-    """Fine-tune the student on ``rows`` (model in ``out_dir/finetune/model``) and evaluate it on the held-out
-    problems; returns (metrics summary, per-problem scores). The model is deleted afterwards unless ``keep_model``
-    or ``tune.keep_models``."""
-    from pipeline import columns as C
-    from pipeline import evaluate as ev
-    from pipeline.finetune import finetune, read_train_stats
-
-    cfg = ctx.cfg
-    if len(rows) == 0:
-        raise RuntimeError("the rule kept no training rows in this cell; it cannot be trained "
-                           "(raise the pool size or keep fraction, or drop the cell from the grid)")
-    fcfg = cfg.finetune.model_copy(update={"threads": ctx.threads(cfg.finetune.threads)})
-    train = [{"prompt": p, "completion": c} for p, c in zip(rows[C.PROBLEM], rows[C.COMPLETION])]
-    model_dir = finetune(fcfg, train, out_dir / "finetune", seed=seed, prompt_cfg=cfg.pool.sample)
-    stats = read_train_stats(out_dir / "finetune")
-    ecfg = cfg.evaluate.model_copy(update={"compare_base": False, "threads": ctx.threads(cfg.evaluate.threads)})
-    metrics = ev.evaluate(ecfg, {"finetuned": (str(model_dir), str(model_dir))}, out_dir / "evaluate",
-                          run_seed=cfg.seed, sample_cfg=cfg.pool.sample, verify_cfg=cfg.pool.verify,
-                          exclude_ids=ctx.exclude_ids, exclude_texts=ctx.exclude_texts)
-    scores = read_scores(out_dir / "evaluate")
-    summary = {
-        "train_loss": stats.get("train_loss"), "optimizer_steps": stats.get("optimizer_steps"),
-        "epochs_seen": stats.get("epochs_seen"), "train_seconds": stats.get("wall_seconds"),
-        "eval_seconds": metrics.get("seconds"), "heldout_problems": metrics["heldout"]["problems"],
-        "metrics": metrics["models"]["finetuned"]["metrics"],
-    }
-    if not (keep_model or cfg.tune.keep_models):
-        shutil.rmtree(model_dir, ignore_errors=True)
-    return summary, scores
-
-
 def run_trial(spec: dict[str, Any], run_dir: str | os.PathLike, report=None) -> dict[str, Any]:
     """Run one trial (``kind`` grid or loop) or read its cached result; returns its result dict.
 
     ``report(metrics)`` is called with flat metrics after each evaluation (Tune's ``tune.report`` under Tune).
     """
-    ctx = TrialContext(run_dir)
+    ctx = TrialContext.of(run_dir)
     out_dir = ctx.run_dir / TRIALS_DIR / spec["trial_id"]
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = ctx.fingerprint(spec)
@@ -179,9 +227,21 @@ def _run_grid_trial(ctx: TrialContext, spec: dict[str, Any], out_dir: Path) -> d
     pool = samples[samples[C.PROBLEM_ID].isin(subset)].reset_index(drop=True)
     rows, curation = curate_rows(pool, spec["rule"], spec["keep_fraction"], spec["oracle_noise"],
                                  spec["generator_noise"], spec["seed"])
-    summary, scores = _train_and_evaluate(ctx, rows, out_dir, spec["seed"])
+    summary, scores = train_and_evaluate(ctx, rows, out_dir, spec["seed"], pool_size=len(subset),
+                                         generator=spec["generator"])
     scores.to_parquet(out_dir / SCORES_FILE, index=False)
-    return {"spec": spec, "curation": curation, **summary}
+    return {"spec": spec, "curation": curation, **summary,
+            **_linear_cell(ctx.geometry(spec["generator"]), curation)}
+
+
+def _linear_cell(geometry, curation: dict[str, Any], rho: float | None = None,
+                 rho_g: float | None = None) -> dict[str, Any]:
+    """The theory's coordinates of a linear-world cell (see the module docstring); empty outside the linear world.
+    ``rho`` and ``rho_g`` override the pool generator's (a loop round's generator is the previous student)."""
+    if geometry is None:
+        return {}
+    return {"rho": geometry.rho if rho is None else rho, "rho_star": geometry.rho_star,
+            "rho_g": geometry.resolved_rho_g if rho_g is None else rho_g, "p": curation["theory_keep_fraction"]}
 
 
 def _run_loop(ctx: TrialContext, spec: dict[str, Any], out_dir: Path, fingerprint: str, report) -> dict[str, Any]:
@@ -191,13 +251,14 @@ def _run_loop(ctx: TrialContext, spec: dict[str, Any], out_dir: Path, fingerprin
     from pipeline import columns as C
 
     cfg, loop = ctx.cfg, ctx.cfg.loop
+    geometry = ctx.geometry(spec["generator"])
     rounds: list[dict[str, Any]] = []
     previous_model: Path | None = None
     for t in range(1, spec["rounds"] + 1):
         round_dir = out_dir / round_dirname(t)
         round_fp = io.digest(fingerprint, t)
         cached = _finished(round_dir, round_fp)
-        model_dir = round_dir / "finetune" / "model"
+        model_dir = round_dir.joinpath(*MODEL_SUBDIR)
         if cached is not None and (t == spec["rounds"] or model_dir.is_dir()):
             rounds.append(cached)
             previous_model = model_dir
@@ -210,15 +271,18 @@ def _run_loop(ctx: TrialContext, spec: dict[str, Any], out_dir: Path, fingerprin
             data = samples[samples[C.PROBLEM_ID].isin(subset)].reset_index(drop=True)
             data_source = f"pool:{spec['generator']}"
         else:
-            data = _student_samples(ctx, previous_model, t, seed)
+            data = _student_samples(ctx, previous_model, t, seed, spec["generator"])
             data_source = f"round {t - 1} model"
         data.drop(columns=[c for c in data.columns if c.startswith("_")]).to_parquet(round_dir / "data.parquet")
         rows, curation = curate_rows(data, spec["rule"], spec["keep_fraction"], 0.0, 0.0, seed)
         # The next round samples with this round's model.
-        summary, scores = _train_and_evaluate(ctx, rows, round_dir, seed, keep_model=t < spec["rounds"])
+        summary, scores = train_and_evaluate(ctx, rows, round_dir, seed, pool_size=int(data[C.PROBLEM_ID].nunique()),
+                                             generator=spec["generator"], keep_model=t < spec["rounds"])
         scores.to_parquet(round_dir / SCORES_FILE, index=False)
+        previous = rounds[-1] if t > 1 and rounds else {}  # round t's data came from round t - 1's student
         entry = {"round": t, "data_source": data_source, "data_trace_accuracy": float(data[C.CORRECT].mean()),
-                 "curation": curation, **summary, "fingerprint": round_fp}
+                 "curation": curation, **summary, "fingerprint": round_fp,
+                 **_linear_cell(geometry, curation, previous.get("learned_rho"), previous.get("learned_rho_g"))}
         _save(round_dir, round_fp, entry)
         rounds.append(entry)
         previous_model = model_dir
@@ -229,12 +293,13 @@ def _run_loop(ctx: TrialContext, spec: dict[str, Any], out_dir: Path, fingerprin
     pd.read_parquet(last).to_parquet(out_dir / SCORES_FILE, index=False)
     if not cfg.tune.keep_models:
         for t in range(1, spec["rounds"] + 1):
-            shutil.rmtree(out_dir / round_dirname(t) / "finetune" / "model", ignore_errors=True)
+            shutil.rmtree(out_dir.joinpath(round_dirname(t), *MODEL_SUBDIR), ignore_errors=True)
     return {"spec": spec, "rounds": rounds, **{k: v for k, v in rounds[-1].items() if k not in ("round",)}}
 
 
-def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int, seed: int):
-    """Fresh problems (none of them held out) sampled k times by ``model_dir``, verified and scored."""
+def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int, seed: int, generator: str):
+    """Fresh problems (none of them held out) sampled k times by ``model_dir``, verified and scored (with the
+    pool's difficulty settings: a linear world's oracle margin, else the samples' pass rate)."""
     import pandas as pd
 
     from pipeline import columns as C
@@ -250,7 +315,9 @@ def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int
     held_ids = {r[C.PROBLEM_ID] for r in held.rows}
     source_seed = cfg.seed + HELDOUT_SEED_OFFSET * 2 + 7919 * round_index
     want = loop.pool_size
-    source_cfg = cfg.pool.source.model_copy(update={"seed": source_seed, "split": f"loop_round_{round_index}"})
+    # The loop generator's source: in a linear world its oracle answers and scores every round's problems.
+    source_cfg = pool_source(cfg, generator).model_copy(update={"seed": source_seed,
+                                                                "split": f"loop_round_{round_index}"})
     if source_cfg.n is not None:
         source_cfg = source_cfg.model_copy(update={"n": max(source_cfg.n, want + len(held_ids))})
     problems = []
@@ -267,7 +334,7 @@ def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int
                                cfg.evaluate.batch_size, seed)
     frame = pd.DataFrame(rows)
     stats = problem_stats(frame[C.PROBLEM_ID], frame[C.MODEL_ID], frame[C.CORRECT], frame[C.FINISH_REASON],
-                          cfg.pool.difficulty)
+                          cfg.pool.difficulty, metadata=frame[C.METADATA])
     for col in (C.PASS_RATE, C.N_SAMPLES, C.N_CORRECT, C.CI_LOW, C.CI_HIGH):
         frame[col] = [stats[(p, m)][col] for p, m in zip(frame[C.PROBLEM_ID], frame[C.MODEL_ID])]
     return frame
@@ -277,7 +344,11 @@ def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, Any]:
-    """The scalar metrics of a trial result, as Tune's result table holds them."""
+    """The scalar metrics of a trial result, as Tune's result table and ``report/results.csv`` hold them:
+    ``accuracy_<group>`` (with ``_low`` / ``_high``), the curation figures (``kept_rows``, ``kept_problems``,
+    ``kept_trace_accuracy``, ``theory_keep_fraction``), ``train_loss``, ``epochs_seen``, ``seconds``, ``round``,
+    and for the linear world ``LINEAR_FIELDS``: ``d``, ``rho``, ``rho_star``, ``rho_g``, ``lam``, ``n``, ``p``,
+    ``exact_error``, ``learned_rho``, ``learned_rho_g`` (a loop chain: its last round's)."""
     out: dict[str, Any] = {}
     metrics = result.get("metrics") or {}
     headline = "greedy_accuracy" if "greedy_accuracy" in metrics else next(iter(metrics), None)
@@ -288,13 +359,18 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, Any]:
             out[f"accuracy_{key}_low"] = entry["ci_low"]
             out[f"accuracy_{key}_high"] = entry["ci_high"]
     curation = result.get("curation") or {}
-    for key in ("kept_rows", "kept_problems", "kept_trace_accuracy"):
+    for key in ("kept_rows", "kept_problems", "kept_trace_accuracy", "theory_keep_fraction"):
         if key in curation:
             out[key] = curation[key]
-    for key in ("train_loss", "epochs_seen", "seconds", "round"):
+    for key in ("train_loss", "epochs_seen", "seconds", "round", *LINEAR_FIELDS):
         if result.get(key) is not None:
             out[key] = result[key]
     return out
+
+
+LINEAR_FIELDS = ("d", "rho", "rho_star", "rho_g", "lam", "n", "p", "exact_error", "learned_rho", "learned_rho_g")
+"""A linear-world trial's coordinates in the theory and its exact error (see the module docstring); the results
+table has a column for each."""
 
 
 # -- Tune ------------------------------------------------------------------------------------------------------------

@@ -62,10 +62,15 @@ def eos_ids(tokenizer, model) -> list[int]:
     return sorted(set(ids))
 
 def choose_backend(cfg: Any) -> str:
-    """Resolve ``auto``: vllm when a GPU and vllm are present, hf otherwise."""
+    """Resolve ``auto``: linear for a linear-world model, else vllm when a GPU and vllm are present, else hf."""
     if cfg.backend != "auto":
         return cfg.backend
     import importlib.util
+
+    from pipeline.linearworld import is_linear_model
+
+    if is_linear_model(cfg.model):
+        return "linear"
 
     try:
         import torch

@@ -16,10 +16,13 @@ class SampleSettings(StageConfig):
 
     model: str = Field(
         "toy:strong",
-        description="toy:NAME (the project's tiny model, built on first use), a local model directory, or a hub id.",
+        description="toy:NAME (the project's tiny model, built on first use), a local model directory, a hub id, or "
+        "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S).",
     )
-    backend: Literal["hf", "vllm", "auto"] = Field(
-        "hf", description="hf: transformers generate; vllm: vllm.LLM; auto: vllm when a GPU and vllm are present."
+    backend: Literal["hf", "vllm", "auto", "linear"] = Field(
+        "hf", description="hf: transformers generate; vllm: vllm.LLM; linear: the linear world's labeller "
+        "(`linear:rho=R[,sigma=S]` or a directory saved by the linear student; sigma applies at temperature > 0); "
+        "auto: linear for a linear model, else vllm when a GPU and vllm are present."
     )
     k: int = Field(4, ge=1, description="Completions per problem (with rounds: the most a problem gets).")
     rounds: tuple[int, ...] | None = Field(
@@ -62,6 +65,10 @@ class SampleSettings(StageConfig):
     @model_validator(mode="after")
     def _rounds_end_at_k(self) -> "SampleSettings":
         check_rounds(self.rounds, self.k)
+        from pipeline.linearworld import PREFIX
+
+        if self.model.startswith(PREFIX) and self.backend not in ("linear", "auto"):
+            raise ValueError(f"model {self.model} is a linear-world generator: set backend: linear")
         return self
 
 

@@ -286,7 +286,7 @@ def test_phase_linear_spans_the_grid_where_the_theory_is_exact():
                                          "keep_easy_correct", "all", "correct_only"}
     cosines = {(lw.parse_spec(cfg.pool.generators[s["generator"]].model).rho,
                 cfg.pool.generators[s["generator"]].oracle.rho_star) for s in grid}
-    assert {rho for rho, _ in cosines} == {1.0, 0.99, 0.9, 0.82}
+    assert {rho for rho, _ in cosines} >= {1.0, 0.99, 0.9, 0.82}  # plus the loop generator's own curve
     assert {star for rho, star in cosines if rho == 1.0} == {0.9999, 0.99, 0.9}
     assert cfg.loop.rounds == 6
 
@@ -320,3 +320,23 @@ def test_linear_smoke_sweep_runs_end_to_end_and_writes_its_report(tmp_path):
     assert second["rho"] == pytest.approx(first["learned_rho"]) and second["rho_star"] == 0.99
     scores = pd.read_parquet(run_dir / "trials" / "loop-keep_hard_correct" / "scores.parquet")
     assert list(scores.columns) == ["problem_id", "level", "correct"] and len(scores) == 300
+
+
+def test_calibration_measures_the_cosines_on_the_pool_not_from_the_config():
+    """The report's calibration recovers a linear world's rho, rho* and rho_g from the pool's labels alone."""
+    from pipeline import linearworld as lw
+    from pipeline.sweep.calibrate import measured_geometry
+
+    dim, n = 50, 20000
+    geometry = lw.Geometry(rho=0.85, rho_star=0.97)
+    rows = lw.make_problems(n, dim, 3, geometry)
+    matrix = lw.features([r["problem"] for r in rows])
+    labels = np.where(matrix @ geometry.generator(dim) >= 0, 1, -1)
+    samples = pd.DataFrame({"problem_id": [f"p{i}" for i in range(n)], "problem": [r["problem"] for r in rows],
+                            "answer": [r["answer"] for r in rows],
+                            "completion": [lw.completion_text(int(v)) for v in labels]})
+    got = measured_geometry(samples)
+    assert got["rho"] == pytest.approx(0.85, abs=0.01)
+    assert got["rho_star"] == pytest.approx(0.97, abs=0.01)
+    assert got["rho_g"] == pytest.approx(geometry.resolved_rho_g, abs=0.01)
+    assert measured_geometry(samples.assign(problem="Compute 1+2.")) is None  # not a linear world

@@ -277,3 +277,17 @@ def test_iv_judges_noise_only_where_a_region_exists(tmp_path):
     _, verdicts, _ = report(tmp_path, (cfg, table, manifest, reference))
     assert verdicts["iv"]["verdict"] == CONSISTENT, verdicts["iv"]["evidence"]
     assert [c["n"] for c in verdicts["iv"]["cells"]] == [1000]
+
+
+def test_the_dimension_fit_ignores_where_the_formula_has_no_value():
+    """At extreme d/n the asymptotic formula returns NaN; the fit must still find the world's d (rho = 1 exactly)."""
+    import numpy as np
+
+    from pipeline.sweep.calibrate import fit_dimension
+    from pipeline.theory import model as theory
+
+    ns = np.array([50, 100, 200, 500, 1000, 2000, 5000, 10000] * 7, dtype=float)
+    ps = np.repeat([0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0], 8)
+    errors = theory.asymptotic_error_array(100 / ns, 1.0, 0.0, 0.0, "random", ps, 1e-3)
+    dim, _ = fit_dimension(ns, ps, errors, 1.0, 1e-3)
+    assert abs(dim - 100) < 1

@@ -112,6 +112,7 @@ class VariantCalibration:
     fit: dict[str, Any] | None = None
     curve: list[tuple[float, float]] = field(default_factory=list)  # the random learning curve: (kept, theory error)
     world_dim: float | None = None  # d as set by a linear world (to compare the fit with)
+    configured: dict[str, float] | None = None  # a linear world's cosines as its config set them (beside measured)
     verifier: str = "truth"  # what the correctness filter agrees with: "truth" (reference answers) or "oracle"
     gate: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -223,6 +224,15 @@ def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=N
         if abs(rho_star - raw) > 1e-6:
             s_source += f" ({raw:.3f}, clipped to what rho and rho_g allow)"
         vc = VariantCalibration(variant, acc, rho, maps, rho_source, rho_star, s_source, rho_g, g_source)
+        if "rho" in fields:  # a linear world: measure the geometry on the pool rather than trust the config
+            measured = measured_geometry(samples_of(variant[0]))
+            if measured is not None:
+                vc.configured = {"rho": vc.rho, "rho_star": vc.rho_star, "rho_g": vc.rho_g}
+                vc.rho = measured["rho"]
+                vc.rho_g = measured["rho_g"]
+                vc.rho_star = feasible_rho_star(vc.rho, vc.rho_g, measured["rho_star"])
+                how = f"measured on the pool ({measured['problems']} problems: cos(pi * disagreement))"
+                vc.rho_source = vc.rho_star_source = vc.rho_g_source = how
         vc.world_dim = fields.get("d")
         # A linear world's oracle answers its problems, so the verifier agrees with the oracle; the toy world's
         # verifier checks the reference answer, the truth.
@@ -240,6 +250,32 @@ def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=N
                      + ("the trials carry exact errors (a linear world), whose untrained student is chance"
                         if meas.exact else "no untouched student was evaluated"))
     return Calibration(task, variants, concordance, reference, notes)
+
+
+def measured_geometry(samples) -> dict[str, float] | None:
+    """A linear world's cosines measured on its pool, independently of what the config set. With Gaussian features
+    two sign classifiers disagree on a fraction angle / pi of the problems, so cos(pi * disagreement) estimates each
+    cosine: rho (generator vs the truth w*), rho_star (the oracle's answers vs the truth), rho_g (generator vs oracle).
+    None when the pool is not a linear world's."""
+    from pipeline import columns as C
+    from pipeline import linearworld as lw
+
+    if samples is None or not len(samples):
+        return None
+    first = samples.drop_duplicates(C.PROBLEM_ID)  # one completion per problem (sample 0: the rows are sorted)
+    try:
+        matrix = lw.features(first[C.PROBLEM].tolist())
+        generator = lw.completion_labels(first[C.COMPLETION].tolist())
+    except lw.LinearWorldError:
+        return None
+    truth = np.where(matrix @ lw.basis(matrix.shape[1])[0] >= 0, 1.0, -1.0)
+    oracle = np.array([1.0 if str(a).strip() == "1" else -1.0 for a in first[C.ANSWER]])
+
+    def cos_of(a, b) -> float:
+        return float(math.cos(math.pi * float(np.mean(a != b))))
+
+    return {"rho": cos_of(generator, truth), "rho_star": cos_of(oracle, truth), "rho_g": cos_of(generator, oracle),
+            "problems": int(len(first))}
 
 
 def _curve_points(meas: Measurements, variant, task: str):
@@ -269,7 +305,8 @@ def fit_dimension(ns, ps, errors, rho: float, lam: float) -> tuple[float, np.nda
         return theory.asymptotic_error_array(np.exp(log_dim) / ns, rho, 0.0, 0.0, "random", ps, lam)
 
     def loss(log_dim):
-        return float(np.sum((predicted(log_dim) - errors) ** 2))
+        value = float(np.sum((predicted(log_dim) - errors) ** 2))
+        return value if math.isfinite(value) else math.inf  # the formula has no value at extreme n/d: never the fit
 
     coarse = np.linspace(0.0, np.log(1e8), 200)
     start = coarse[int(np.argmin([loss(x) for x in coarse]))]
@@ -397,6 +434,7 @@ def calibration_json(cal: Calibration, meas: Measurements) -> dict[str, Any]:
             "oracle_noise_model": "a fraction eta of the difficulty scores replaced by uniform random ones (as the "
                                   "curate stage does), integrated over the kept set; rho* and rho_g stay the clean "
                                   "oracle's",
+            "configured": vc.configured,
             "d_eff": vc.dim, "lam": vc.lam, "d_eff_source": vc.dim_source, "world_d": vc.world_dim,
             "learning_curve": vc.fit, "gate": vc.gate, "usable": vc.unusable() is None,
             "not_usable_because": vc.unusable(), "notes": vc.notes,

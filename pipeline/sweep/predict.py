@@ -101,7 +101,11 @@ def _profiled_error(phi, lam: float, moments) -> np.ndarray:
         a = kappa * np.linalg.solve(kappa * sigma + lam * np.eye(3), c)
         residual = kept - 2.0 * a @ c + a @ sigma @ a
         bulk = max(residual, 0.0) * ph / kept * (mi - lam * dmi)
-        cos = (a @ target) / math.sqrt(a @ a + bulk)
+        norm2 = a @ a + bulk
+        if not norm2 > 0:  # outside where the profiled formula holds (nothing learned): no prediction, not a crash
+            out[i] = math.nan
+            continue
+        cos = (a @ target) / math.sqrt(norm2)
         out[i] = math.acos(min(max(cos, -1.0), 1.0)) / math.pi
     return out
 

@@ -190,8 +190,12 @@ def verdict_i(j: Judge) -> dict[str, Any]:
                                     predicted_best_p=p_pred, measured_minus_p1=m_all, measured_minus_random=m_random))
                 if not ok:
                     failures.append(text)
-                best_by_n.append((n, p_meas))
-            rising = [(a, b) for a, b in zip(best_by_n, best_by_n[1:]) if b[1] > a[1]]
+                best_by_n.append((n, p_meas, keys))
+            # p* rises with n only where the measurement resolves it: at the larger pool, the smaller pool's best p
+            # must be significantly worse than the new best. Flat-bottomed curves move their argmin by noise alone.
+            rising = [(a, b) for a, b in zip(best_by_n, best_by_n[1:])
+                      if b[1] > a[1] and a[1] in b[2] and meas.difference(b[2][a[1]], b[2][b[1]])[1] > 0]
+            best_by_n = [(n, p) for n, p, _ in best_by_n]
             if rising:
                 failures.append(f"{variant[0]} {rule}: the best p rises with n ("
                                 + ", ".join(f"n={n}: {p:g}" for n, p in best_by_n) + ")")

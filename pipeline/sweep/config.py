@@ -187,7 +187,8 @@ class StudentConfig(Frozen):
 
     @model_validator(mode="after")
     def _lam_is_linear(self) -> "StudentConfig":
-        if self.kind != "linear" and "lam" in self.model_fields_set:
+        # Only a value away from the default: a dumped config (every key written) must load again.
+        if self.kind != "linear" and self.lam != type(self).model_fields["lam"].default:
             raise ValueError("student.lam is the linear student's ridge penalty; remove it or set kind: linear")
         return self
 
@@ -309,7 +310,8 @@ class SweepConfig(Frozen):
         if heldout.kind != "linear" or heldout.dim != self.pool.source.dim or heldout.oracle is not None:
             raise ValueError(f"evaluate.heldout: the linear student is tested on {{kind: linear, dim: "
                              f"{self.pool.source.dim}, n: ...}} problems labelled by the truth (no oracle)")
-        if "finetune" in self.model_fields_set:
+        # A finetune block away from its default (a dumped config writes the default back: that must load).
+        if self.finetune != type(self).model_fields["finetune"].get_default(call_default_factory=True):
             raise ValueError("finetune: the linear student is ridge regression (student.lam); remove the finetune "
                              "block")
         if self.pool.sample.backend not in ("linear", "auto"):

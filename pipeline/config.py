@@ -97,15 +97,16 @@ def _local_output_root(data: dict[str, Any]) -> dict[str, Any]:
 
 def _format(loc: tuple, err: dict, model_fields: list[str] | None = None) -> str:
     path = ".".join(str(p) for p in loc if p != "__root__")
+    where = f"{path}: " if path else ""  # a check across a whole block names its own fields
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         hint = f"; valid keys here: {', '.join(model_fields)}" if model_fields else ""
-        return f"{path}: unknown key{hint}"
+        return f"{where}unknown key{hint}"
     if kind == "missing":
-        return f"{path}: required field is missing"
+        return f"{where}required field is missing"
     got = err.get("input")
     got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-    return f"{path}: {err.get('msg', 'invalid')}{got_s}"
+    return f"{where}{err.get('msg', 'invalid').removeprefix('Value error, ')}{got_s}"
 
 
 def _fields_at(model: type, loc: tuple) -> list[str] | None:
@@ -130,7 +131,9 @@ def _fields_at(model: type, loc: tuple) -> list[str] | None:
     return None
 
 
-def _errors_of(e: ValidationError, prefix: tuple, model: type) -> list[str]:
+def error_lines(e: ValidationError, prefix: tuple, model: type) -> list[str]:
+    """One line per validation error of ``model`` (a run or sweep config, or a block at ``prefix``): the YAML path
+    of the bad field, what is wrong, and the valid keys where a key is unknown."""
     lines = []
     for err in e.errors(include_url=False):
         loc = prefix + tuple(err["loc"])
@@ -153,7 +156,7 @@ def _build_stages(blocks: Any) -> tuple[tuple[str, StageConfig], ...]:
         try:
             built.append((name, stage.config_model.model_validate(block)))
         except ValidationError as e:
-            raise ConfigError("\n".join(_errors_of(e, ("stages", name), stage.config_model))) from None
+            raise ConfigError("\n".join(error_lines(e, ("stages", name), stage.config_model))) from None
     return tuple(built)
 
 
@@ -167,7 +170,7 @@ def parse_config(data: Any) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError("\n".join(_errors_of(e, (), RunConfig))) from None
+        raise ConfigError("\n".join(error_lines(e, (), RunConfig))) from None
     check_output_paths(cfg)
     return cfg
 

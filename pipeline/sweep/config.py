@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline import io
-from pipeline.config import ConfigError, RayConfig, apply_overrides, load_yaml, safe_join
+from pipeline.config import ConfigError, RayConfig, apply_overrides, error_lines, load_yaml, safe_join
 from pipeline.evaluate import EvaluateConfig
 from pipeline.finetune import FinetuneConfig
 from stages.base import Frozen
@@ -328,19 +328,6 @@ class SweepConfig(Frozen):
         return self.loop.generator or list(self.pool.generators)[-1]
 
 
-def _format_errors(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{path}: unknown key")
-        elif err["type"] == "missing":
-            lines.append(f"{path}: required field is missing")
-        else:
-            lines.append(f"{path}: {err['msg']}".replace("Value error, ", ""))
-    return "\n".join(lines)
-
-
 def parse_sweep_config(data: Any) -> SweepConfig:
     """Validate a dict into a SweepConfig, raising ConfigError with one line per problem."""
     if not isinstance(data, dict):
@@ -348,7 +335,7 @@ def parse_sweep_config(data: Any) -> SweepConfig:
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e)) from None
+        raise ConfigError("\n".join(error_lines(e, (), SweepConfig))) from None
 
 
 def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:

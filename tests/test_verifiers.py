@@ -329,14 +329,36 @@ def test_math_compares_each_reference_and_answer_once_per_worker(monkeypatch):
         return real_verify(*args, **kwargs)
 
     monkeypatch.setattr(math_verify, "verify", counting_verify)
-    first = verifier.check(r"Sample 1. So $\boxed{1,000}$.", "1000")
-    second = verifier.check("Sample 2. The answer is 1000.", "1000")  # another text, the same answer
+    first = verifier.check(r"Sample 1. So $\boxed{1,000.5}$.", "1000.5")
+    second = verifier.check("Sample 2. The answer is 1000.5.", "1000.5")  # another text, the same answer
     assert len(compared) == 1
-    assert (first.correct, first.reason, first.extracted) == (True, "ok", "1,000")
-    assert (second.correct, second.reason, second.extracted) == (True, "ok", "1000")  # its own extraction
-    assert verifier.check(r"\boxed{999}", "1000").reason == "mismatch"
-    assert verifier.check(r"Sample 3: \boxed{999}", "1000").reason == "mismatch"
+    assert (first.correct, first.reason, first.extracted) == (True, "ok", "1,000.5")
+    assert (second.correct, second.reason, second.extracted) == (True, "ok", "1000.5")  # its own extraction
+    assert verifier.check(r"\boxed{999.5}", "1000.5").reason == "mismatch"
+    assert verifier.check(r"Sample 3: \boxed{999.5}", "1000.5").reason == "mismatch"
     assert len(compared) == 2
+
+
+def test_math_bare_integers_are_compared_without_a_latex_parse(monkeypatch):
+    """Integer against integer is decided by value, as math-verify decides it, without its parser."""
+    import math_verify
+
+    verifier = build_verifier("math")
+    verifier.prepare()
+    parsed: list[str] = []
+    real_parse = math_verify.parse
+    monkeypatch.setattr(math_verify, "parse", lambda text, *a, **k: parsed.append(text) or real_parse(text, *a, **k))
+    big = "9" * 40
+    cases = [(r"So \boxed{42}.", "42", True), (r"\boxed{-7}", "-7", True), ("The answer is 042.", "42", True),
+             (r"\boxed{41}", "42", False), (rf"\boxed{{{big}}}", big, True), (rf"\boxed{{{big}8}}", big, False)]
+    for response, reference, expected in cases:
+        verdict = verifier.check(response, reference)
+        assert verdict.correct is expected, response
+        assert verdict.reason == ("ok" if expected else "mismatch")
+    assert parsed == []
+    # Anything else still goes through math-verify: "1,000" has a separator, "42.0" a decimal point.
+    assert verifier.check(r"\boxed{1,000}", "1000").correct and verifier.check(r"\boxed{42.0}", "42").correct
+    assert parsed
 
 
 def test_math_repeated_items_get_the_verdict_of_a_fresh_check(math_verifier):
@@ -400,10 +422,10 @@ def test_clear_caches_keeps_workers_and_recomputes(monkeypatch):
     compared: list[int] = []
     real_verify = math_verify.verify
     monkeypatch.setattr(math_verify, "verify", lambda *a, **k: compared.append(1) or real_verify(*a, **k))
-    verifier.check(r"\boxed{2}", "2")
-    verifier.check(r"\boxed{2}", "2")
+    verifier.check(r"\boxed{2.5}", "2.5")
+    verifier.check(r"\boxed{2.5}", "2.5")
     verifier.clear_caches()
-    verifier.check(r"\boxed{2}", "2")
+    verifier.check(r"\boxed{2.5}", "2.5")
     assert len(compared) == 2
     with build_verifier("math", workers=2) as pooled:
         assert pooled.batch([r"\boxed{2}"] * 4, ["2"] * 4)[0].correct

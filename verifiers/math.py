@@ -79,6 +79,9 @@ _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 _WORDS = re.compile(r"^[A-Za-z]{3,}(?:[ -][A-Za-z]+)*$")
 # Two words in a row, outside LaTeX commands: the answer is prose ("she makes 18 dollars a day").
 _PROSE = re.compile(r"(?<![\\A-Za-z{])[A-Za-z]{3,}\s+[A-Za-z]{3,}")
+# Both sides bare integers: equal exactly when their values are, as math-verify would find after its LaTeX parse
+# (the costliest step of a verification); GSM8K-style answers take this path.
+_INTEGER = re.compile(r"-?\d{1,300}")
 _GOLD_CACHE_SIZE = 2048
 _ANSWER_CACHE_SIZE = 8192
 _WARM_UP = (
@@ -163,6 +166,8 @@ class MathVerifier(Verifier):
             if ordered:  # a pair or tuple is compared in order: x = \boxed{2}, y = \boxed{3} is (2, 3), not (3, 2)
                 joined = f"({joined})"
             correct = size == len(run) and self._compare(reference, "$\\boxed{" + joined + "}$")
+        elif _INTEGER.fullmatch(reference) and _INTEGER.fullmatch(extraction.text):
+            correct = int(reference) == int(extraction.text)
         else:
             correct = self._compare(reference, answer_latex(extraction))
             if not correct and _OR.search(extraction.text):

@@ -728,3 +728,24 @@ def test_audit_cli(tmp_path, capsys):
     assert args.func(args) == 1
     args = parser.parse_args(["audit-verifier", str(tmp_path / "missing.jsonl")])
     assert args.func(args) == 2
+
+
+@pytest.mark.parametrize(
+    ("response", "reference", "expected"),
+    [
+        ("最终答案：12", "12", True),  # a full-width colon after the Chinese anchor
+        ("因此，答案是 $\\frac{1}{2}$。", "\\frac{1}{2}", True),
+        ("答えは 7 です。", "7", True),
+        ("答案是 13。", "12", False),
+        ("Le prix total est de 1.250,00 €.", "1250", True),  # thousands dots, decimal comma
+        ("Le prix total est de 1.250,00 €.", "1.25", False),
+        ("Total: 3 hours", "3", True),  # a bare line with a label
+        ("He needs 8 more.", "8", True),  # a short final sentence with one number
+        ("He needs 8 more.", "9", False),
+        # A long final sentence with one number is a step, not a stated answer.
+        ("Next we look again at what happens to the 3 remaining boxes after they are moved.", "3", False),
+    ],
+)
+def test_math_reads_cjk_anchors_european_amounts_labels_and_short_final_sentences(response, reference, expected):
+    verifier = build_verifier("math")
+    assert verifier.check(response, reference).correct is expected

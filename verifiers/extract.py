@@ -49,11 +49,14 @@ _HASH = re.compile(r"####[ \t]*(?P<hash>[^\n]*)")
 _ANSWER_IS = re.compile(
     r"\b(?:answer|r[ée]ponse|respuesta|resposta|risposta|antwort|ответ)\b"
     r"(?:[ \t]+(?:to|for|of|à|a|de|du|al|auf|zu)\b[^.\n:=]{0,40}?)?(?:[ \t]+(?:finale?|final))?"
-    r"[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|est\b|es\b|é\b|è\b|ist\b|lautet\b|:|=|(?=\s*(?:\\\[|\$\$))|(?<=\*\*)(?=[ \t]*\n))[ \t]*(?:[*_]{1,2}[ \t]*)?:?",
+    r"[ \t]*(?:[*_]{1,2}[ \t]*)?(?:is\b|est\b|es\b|é\b|è\b|ist\b|lautet\b|:|=|(?=\s*(?:\\\[|\$\$))|(?<=\*\*)(?=[ \t]*\n))[ \t]*(?:[*_]{1,2}[ \t]*)?:?"
+    # Chinese and Japanese: "答案是 12", "最终答案：12", "答えは 12" (no word boundaries between these characters).
+    r"|(?:答案|答え|解答)[ \t]*(?:是|为|為|は|：|:)[ \t]*[：:]?",
     re.IGNORECASE,
 )
 # The first letters of the answer words above: where ``_last_anchor`` looks for an anchor (lower-cased text).
-_ANSWER_WORDS = ("answer", "réponse", "reponse", "respuesta", "resposta", "risposta", "antwort", "ответ")
+_ANSWER_WORDS = ("answer", "réponse", "reponse", "respuesta", "resposta", "risposta", "antwort", "ответ", "答案", "答え",
+                 "解答")
 # A sentence that states a conclusion: it opens with one of these words, or has one after a comma ("..., so the
 # total is 18"), in any language the anchors read.
 _CONCLUSION = re.compile(
@@ -70,7 +73,7 @@ _LEADING_CUE = re.compile(
 )
 # What states the value in a conclusion sentence: the answer follows the last of these.
 _COPULA = re.compile(
-    r"\s(?:is|are|equals|was|gives|est|sont|vaut|es|son|ist|sind|é|è|sono|равно|равен)\s+|=|:\s"
+    r"\s(?:is|are|equals|was|gives|est|sont|vaut|es|son|ist|sind|é|è|sono|равно|равен)(?:\s+de)?\s+|=|:\s"
     r"|\b(?:it|that|which|this)['’]s\s+",
     re.IGNORECASE,
 )
@@ -89,6 +92,8 @@ PROSE_WINDOW = 4000
 PROSE_LINES = 3
 PROSE_LINE_CHARS = 1000
 PROSE_MAX_WORDS = 5
+#: A response's final sentence without a conclusion word or a copula states its one number when this short.
+FINAL_SENTENCE_MAX_WORDS = 8
 # What a final sentence without a conclusion word must state: a number (or a sign, a currency, math) first.
 # An anchored answer after the last box replaces it only when it looks like one: a number, math, a choice.
 _COMMITTED = re.compile(r"^(?:[-+\u2212(\[]|\\|\$|€|£|[0-9]|\(?[A-J]\)?$)")
@@ -96,11 +101,13 @@ _STATED_NUMBER = re.compile(r"^(?:[-+\u2212]|\\?\$|€|£|(?:USD|EUR|GBP|INR|Rs\
 _PART_LABEL = re.compile(r"(?:^|\s)(?:\((?:[a-h]|i{1,3}|iv|vi{0,3})\)|part\s+\(?[a-h1-9]\)?)\s", re.IGNORECASE)
 #: Boxes closer than this (connecting text such as ", ", " and ", "(b) ") form one run of answers.
 RUN_GAP_CHARS = 40
+# A short label before a colon on a bare answer line ("Total: 3 hours", "Final: 12").
+_LABEL = re.compile(r"^[A-Za-z][A-Za-z ]{0,30}:\s+(?P<value>[-+$€£0-9\\(\[].*)$")
 _BOLD = re.compile(r"\*\*(?P<bold>[^*\n]{1,100})\*\*")
 # Starts with a plain character class: the regex engine scans multi-megabyte text for it quickly.
 _NUMBER = re.compile(r"[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?")
 # A period after a word and before a number is an abbreviation ("Rs. 500", "No. 5"), not a sentence end.
-_SENTENCE_END = re.compile(r"(?:[!?]|(?<![A-Za-z])\.|(?<=[A-Za-z])\.(?!\s+[-+0-9$€£]))(?=\s|$)")
+_SENTENCE_END = re.compile(r"(?:[!?]|(?<![A-Za-z])\.|(?<=[A-Za-z])\.(?!\s+[-+0-9$€£]))(?=\s|$)|[。！？]")
 _LEADING_SPACE = re.compile(r"\s*")
 
 
@@ -334,7 +341,8 @@ def _bare(text: str) -> str | None:
         return None
     if len(stripped.split()) > BARE_MAX_WORDS or _ANSWER_IS.search(stripped) or _BOX_COMMAND.search(stripped):
         return None  # too long to be an answer, or an anchor or box with nothing after it
-    return drop_cue(strip_markdown(stripped)) or None
+    labelled = _LABEL.match(stripped)  # "Total: 3 hours": the value after its label
+    return drop_cue(strip_markdown(labelled["value"] if labelled else stripped)) or None
 
 
 def boxed_run(text: str) -> list[str]:
@@ -441,8 +449,9 @@ def _stated(sentence: str, *, strict: bool) -> str | None:
     if copulas:
         return None
     numbers = _NUMBER.findall(sentence)
-    if len(numbers) == 1 and not strict:
-        return numbers[0]
+    # A final short sentence with one number states it ("He needs 8 more."); a longer one may be a step.
+    if len(numbers) == 1 and (not strict or len(sentence.split()) <= FINAL_SENTENCE_MAX_WORDS):
+        return numbers[0].replace(",", "")
     return None
 
 

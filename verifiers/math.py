@@ -57,6 +57,8 @@ _MIXED_NUMBER = re.compile(
     r"^(?P<sign>-?)(?P<whole>\d+)\s+(?P<num>\d+)\s*/\s*(?P<den>\d+)(?:\s+[A-Za-z]{2,}[A-Za-z.]*){0,3}$")
 # One comma between digits, not a thousands group ("1000,99", "0,111"; not "1,250"; "1,2" stays a list).
 _DECIMAL_COMMA = re.compile(r"^(?P<sign>-?)(?P<int>\d+),(?P<frac>\d{2,})$")
+# Dots between thousands and a decimal comma, as much of Europe writes amounts: "1.250,00 €", "12.000,5".
+_EUROPEAN_NUMBER = re.compile(r"^(?:€\s*)?(?P<sign>-?)(?P<int>\d{1,3}(?:\.\d{3})+),(?P<frac>\d{1,2})\s*(?:€|EUR)?$")
 # A reference that is one choice letter: "B", "(B)", "\\text{(B)}", "B.".
 _CHOICE_REFERENCE = re.compile(r"^\s*(?:\\(?:text|textbf|mathrm)\{)?\s*\(?\s*([A-J])\s*\)?\s*\}?\s*\.?\s*$")
 _CHOICE_LETTERS = "ABCDEFGHIJ"
@@ -270,6 +272,9 @@ _UNICODE_MATH = str.maketrans({"∞": r"\infty ", "≤": r"\le ", "≥": r"\ge "
 
 def _to_latex(text: str, *, boxed: bool) -> str:
     text = _THOUSANDS.sub("", text.strip().translate(_UNICODE_MATH))
+    european = _EUROPEAN_NUMBER.match(text)
+    if european is not None:  # "1.250,00 €": dots group thousands, the comma marks the decimals
+        return f"{european['sign']}{european['int'].replace('.', '')}.{european['frac']}"
     decimal = _DECIMAL_COMMA.match(text.strip("$ "))
     if decimal is not None and (len(decimal["frac"]) != 3 or decimal["int"] == "0"):
         return f"{decimal['sign']}{decimal['int']}.{decimal['frac']}"  # "1000,99" and "0,111": a decimal comma

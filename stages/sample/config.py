@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.models import MODEL_FIELD
 from stages.base import OnRay, Resources, StageConfig
 from stages.sample.adaptive import DecideConfig, check_rounds
 
@@ -16,8 +17,10 @@ class SampleSettings(StageConfig):
 
     model: str = Field(
         "toy:strong",
-        description="toy:NAME (the project's tiny model, built on first use), a local model directory, a hub id, or "
+        description="toy:NAME (the project's tiny model, built on first use), a local model directory, a hub id "
+        "(org/name or org/name@revision; pinned to its commit before the run starts), or "
         "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S).",
+        json_schema_extra=MODEL_FIELD,
     )
     backend: Literal["hf", "vllm", "auto", "linear"] = Field(
         "hf", description="hf: transformers generate; vllm: vllm.LLM; linear: the linear world's labeller "

@@ -119,7 +119,6 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str:
                              f"commit that exists") from None
         except Exception as e:  # noqa: BLE001 - no network, a proxy, a timeout: the local cache may still have it
             unreachable = f"the hub is unreachable ({type(e).__name__})"
-            log.warning("hub model %s: %s; looking in the local hub cache", repo_id, unreachable)
     sha = cached_commit(repo_id, revision)
     if sha is None:
         from huggingface_hub import constants
@@ -129,6 +128,8 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str:
             f"({constants.HF_HUB_CACHE}) and {unreachable}; download it once where the hub is reachable "
             f"(`hf download {repo_id}`), or point it at a local directory"
         )
+    if not unreachable.startswith("HF_HUB_OFFLINE"):
+        log.warning("hub model %s: %s; using the commit %s from the local hub cache", repo_id, unreachable, sha)
     return sha
 
 

@@ -278,3 +278,25 @@ def test_the_exported_dataset_says_which_completions_came_from_the_cache(tmp_pat
     written = ExportStage(ExportConfig()).write(str(upstream), str(out), RunContext(run_dir=str(tmp_path)))
     train = datasets.load_from_disk(written["outputs"]["dataset"])["train"]
     assert dict(zip(train[C.PROBLEM_ID], train[C.CACHED])) == {"a": True, "b": False}
+
+
+def test_workers_get_the_drivers_resolution_and_never_re_digest_weights(tmp_path, fake_sample_backend, monkeypatch):
+    from stages.base import RunContext
+    from stages.sample import SampleConfig, SampleStage
+    from stages.screen import ScreenConfig, ScreenStage
+
+    model = fake_sample_backend(WeightsEcho)
+    (Path(model) / "model.safetensors").write_bytes(b"\x01" * 4096)
+    context = RunContext(run_dir=str(tmp_path))
+    prepared = SampleStage.prepare(SampleConfig(model=model), "", context)
+    screen = ScreenStage.prepare(ScreenConfig(sample={"model": model, "k": 1}), "", context)
+    assert prepared["model_fp"] == screen["model_fp"] == model_fingerprint(model)
+
+    def no_digest(*args):
+        raise AssertionError("a worker digested the weights again")
+
+    monkeypatch.setattr(hashlib, "file_digest", no_digest)
+    monkeypatch.setenv("LESSMORE_CACHE", str(tmp_path / "a-worker-node"))  # another node: an empty digest cache
+    stage = SampleStage(SampleConfig(model=model, cache_dir=str(tmp_path / "g")), **prepared)
+    assert stage({C.PROBLEM_ID: ["p"], C.PROBLEM: ["1+1"], C.ANSWER: ["2"]})[C.COMPLETION]
+    ScreenStage(ScreenConfig(sample={"model": model, "k": 1}), **screen)

@@ -55,13 +55,13 @@ def resolve_model(ref: str, build: bool = True) -> str:
                              f"{', '.join(TOY_PREFIX + n for n in sorted(TOY_MODELS))}")
         return str(ensure_toy_model(name)) if build else ref
     if ref.startswith(PACKAGED_PREFIXES):
-        if ref not in PACKAGED_MODELS:
-            raise ModelError(f"unknown packaged model {ref!r}; choose one of {', '.join(sorted(PACKAGED_MODELS))}")
-        if not build:
-            return ref
         try:
+            if not build:  # converted already, or convertible
+                if not (packaged_model_dir(ref) / "config.json").is_file():
+                    packaged_gguf(ref)
+                return ref
             return str(ensure_packaged_model(ref))
-        except (ModuleNotFoundError, FileNotFoundError) as e:
+        except (ModuleNotFoundError, FileNotFoundError, ValueError) as e:
             raise ModelError(str(e)) from None
     path = Path(ref).expanduser()
     if path.exists():
@@ -72,7 +72,12 @@ def resolve_model(ref: str, build: bool = True) -> str:
         raise ModelError(f"no such model directory {ref!r}; point it at a directory written by save_pretrained, "
                          f"a toy:NAME or a hub id")
     repo_id, _, revision = ref.partition(REVISION_SEP)
-    return f"{repo_id}{REVISION_SEP}{hub_commit(repo_id, revision or None)}"
+    try:
+        return f"{repo_id}{REVISION_SEP}{hub_commit(repo_id, revision or None)}"
+    except ModelError as e:
+        if "/" in repo_id and not revision:  # it may have been meant as a relative directory
+            raise ModelError(f"{e} (nor is there a directory {ref!r} here)") from None
+        raise
 
 
 def load_args(resolved: str) -> tuple[str, str | None]:
@@ -303,25 +308,15 @@ def ensure_packaged_model(ref: str) -> Path:
     ``<cache root>/packaged/<name>/`` (under a file lock, renamed into place when complete); later calls return the
     directory at once. It then loads like any saved model, in transformers and in vLLM.
     """
-    import importlib.util
     import shutil
 
     from filelock import FileLock
 
-    from pipeline.toymodel import cache_root
-
-    if ref not in PACKAGED_MODELS:
-        raise ValueError(f"unknown packaged model {ref!r}; choose one of {sorted(PACKAGED_MODELS)}")
-    package, gguf_name, install = PACKAGED_MODELS[ref]
-    final_dir = cache_root() / "packaged" / ref.replace(":", "-")
-    if (final_dir / "config.json").is_file():
+    final_dir = packaged_model_dir(ref)
+    if ref in PACKAGED_MODELS and (final_dir / "config.json").is_file():
         return final_dir
-    spec = importlib.util.find_spec(package)  # locates the package without importing it (it imports llama_cpp)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"model {ref!r} needs the package {package!r}: {install}")
-    gguf_dir = Path(list(spec.submodule_search_locations)[0])
-    if not (gguf_dir / gguf_name).is_file():
-        raise FileNotFoundError(f"model {ref!r}: {gguf_dir / gguf_name} is missing; reinstall with `{install}`")
+    gguf_dir, gguf_name = packaged_gguf(ref)
+    install = PACKAGED_MODELS[ref][2]
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final_dir) + ".lock"):
         if (final_dir / "config.json").is_file():
@@ -336,6 +331,30 @@ def ensure_packaged_model(ref: str) -> Path:
         finally:
             shutil.rmtree(build_dir, ignore_errors=True)
     return final_dir
+
+
+def packaged_model_dir(ref: str) -> Path:
+    """Where ``ensure_packaged_model`` keeps the converted model (built or not)."""
+    from pipeline.toymodel import cache_root
+
+    return cache_root() / "packaged" / ref.replace(":", "-")
+
+
+def packaged_gguf(ref: str) -> tuple[Path, str]:
+    """``(directory, GGUF file name)`` of a packaged model inside its installed package; raises with the install
+    command when the package or the file is missing."""
+    import importlib.util
+
+    if ref not in PACKAGED_MODELS:
+        raise ValueError(f"unknown packaged model {ref!r}; choose one of {', '.join(sorted(PACKAGED_MODELS))}")
+    package, gguf_name, install = PACKAGED_MODELS[ref]
+    spec = importlib.util.find_spec(package)  # locates the package without importing it (it imports llama_cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"model {ref!r} needs the package {package!r}: {install}")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (gguf_dir / gguf_name).is_file():
+        raise FileNotFoundError(f"model {ref!r}: {gguf_dir / gguf_name} is missing; reinstall with `{install}`")
+    return gguf_dir, gguf_name
 
 
 def _convert_gguf(gguf_dir: Path, gguf_name: str, out_dir: Path, install: str) -> None:

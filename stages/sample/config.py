@@ -51,7 +51,8 @@ class SampleSettings(StageConfig):
     seed: int | None = Field(None, description="Sampling seed (default: the run seed).")
     cache_dir: str | None = Field(
         None, description="Generation cache directory (e.g. ~/.cache/lessmore/generations); None: no cache. "
-        "Completions are looked up by (backend, model, prompt, sampling params, seed, sample_idx) before generating."
+        "Completions are looked up by (backend and its engine settings, model content or hub commit, prompt, "
+        "sampling params, seed, sample_idx) before generating; rows served from it have `cached` true."
     )
     tensor_parallel_size: int = Field(
         1, ge=1, description="vllm: GPUs one engine shards the model over; set resources.num_gpus to the same."

@@ -169,3 +169,17 @@ def _model_dir(root: Path) -> Path:
     d.mkdir()
     (d / "config.json").write_text("{}")
     return d
+
+
+def test_a_sweep_checks_its_generators_and_student_before_any_work(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from pipeline.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    for key, value in (("pool.generators.weak.model", "toy:nosuch"), ("finetune.student", "nosuch-org/nosuch-model")):
+        code = main(["sweep", str(ROOT / "configs" / "phase_tiny.yaml"), "--validate", "--set", f"{key}={value}"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {key}: "), lines

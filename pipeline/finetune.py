@@ -425,9 +425,9 @@ def finetune(
     order = training_order(len(problems), cfg, seed)
     steps = planned_steps(cfg, len(problems))
     extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
-    name, revision = load_args(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=cfg.trust_remote_code,
-                                              **extra)
+    student_name, revision = load_args(model_path)  # a hub id comes pinned to the commit the driver resolved
+    tokenizer = AutoTokenizer.from_pretrained(student_name, revision=revision,
+                                              trust_remote_code=cfg.trust_remote_code, **extra)
     columns, truncated = tokenize_rows(problems, completions, tokenizer, prompt_cfg, cfg.sft.get("max_length"))
     laid_out = {name: [values[i] for i in order] for name, values in columns.items()}
     job = {

@@ -46,12 +46,14 @@ def _sweep_hint(path: str) -> str:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
+    from pipeline.models import ModelError, check_models
     from pipeline.runner import check_columns
 
     try:
         cfg = load_config(args.config, args.set)
         check_columns(cfg)
-    except ConfigError as e:
+        check_models(cfg)
+    except (ConfigError, ModelError) as e:
         print(f"error: {e}{_sweep_hint(args.config)}", file=sys.stderr)
         return 2
     print(f"{args.config}: valid ({', '.join(name for name, _ in cfg.stages)})")
@@ -60,6 +62,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config, with_export_overwrite
+    from pipeline.models import ModelError, check_models
 
     try:
         cfg = load_config(args.config, args.set)
@@ -68,14 +71,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from pipeline.runner import check_columns
 
         check_columns(cfg)
-    except ConfigError as e:
+        check_models(cfg)  # on the driver, before Ray starts: a model that cannot load fails in seconds
+    except (ConfigError, ModelError) as e:
         print(f"error: {e}{_sweep_hint(args.config)}", file=sys.stderr)
         return 2
     from pipeline.session import run_all
 
     try:
         return run_all(cfg)
-    except (ConfigError, FileExistsError) as e:  # FileExistsError: export.path exists and --overwrite was not given
+    except (ConfigError, ModelError, FileExistsError) as e:  # FileExistsError: export.path exists, no --overwrite
         print(f"error: {e}", file=sys.stderr)
         return 2
 

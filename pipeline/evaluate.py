@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.models import MODEL_FIELD
 from stages.base import Frozen
 from stages.source import SourceConfig, refuse_keys
 from stages.verify import VerifySettings
@@ -42,7 +43,8 @@ class EvaluateConfig(Frozen):
     """Held-out evaluation of the student before and after fine-tuning."""
 
     model: str | None = Field(
-        None, description="Model to evaluate when the run has no finetune block (toy:NAME, a directory, a hub id)."
+        None, description="Model to evaluate when the run has no finetune block (toy:NAME, a directory, a hub id).",
+        json_schema_extra=MODEL_FIELD,
     )
     heldout: SourceConfig = Field(
         default_factory=lambda: SourceConfig(kind="toyworld", n=600),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -26,7 +27,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.models import MODEL_FIELD
 from stages.base import Frozen
+
+log = logging.getLogger(__name__)
 
 # SFTConfig fields that this module sets from the finetune block, with what to set instead.
 OWNED_SFT_FIELDS: dict[str, str] = {
@@ -107,7 +111,8 @@ class FinetuneConfig(Frozen):
     """Fine-tune a student on the curated rows. Fields of trl.SFTConfig pass through under ``sft``."""
 
     student: str = Field(
-        "toy:student", description="Model to fine-tune: toy:NAME, a local model directory, or a hub id."
+        "toy:student", description="Model to fine-tune: toy:NAME, a local model directory, or a hub id "
+        "(org/name or org/name@revision; pinned to its commit before the run starts).", json_schema_extra=MODEL_FIELD,
     )
     budget: Literal["steps", "epochs"] = Field(
         "steps",
@@ -262,6 +267,8 @@ def train_once(job: dict[str, Any], save_dir: str | None, wrap_trainer: Any = No
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from pipeline.models import load_args
+
     # Per-trial bars (tokenizing, loading, saving) would drown a sweep's output; the stats file has the figures.
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
@@ -270,9 +277,13 @@ def train_once(job: dict[str, Any], save_dir: str | None, wrap_trainer: Any = No
     t0 = time.perf_counter()
     set_seed(job["seed"])
     extra = {"gguf_file": job["gguf_file"]} if job.get("gguf_file") else {}
-    tokenizer = AutoTokenizer.from_pretrained(job["model_path"], trust_remote_code=job["trust_remote_code"], **extra)
+    name, revision = load_args(job["model_path"])  # a hub id comes pinned to the commit the driver resolved
+    tokenizer = AutoTokenizer.from_pretrained(
+        name, revision=revision, trust_remote_code=job["trust_remote_code"], **extra
+    )
     model = AutoModelForCausalLM.from_pretrained(
-        job["model_path"], dtype=getattr(torch, job["dtype"]), trust_remote_code=job["trust_remote_code"], **extra
+        name, revision=revision, dtype=getattr(torch, job["dtype"]), trust_remote_code=job["trust_remote_code"],
+        **extra,
     )
     try:
         args = SFTConfig(**job["sft_kwargs"])
@@ -320,6 +331,24 @@ def train_once(job: dict[str, Any], save_dir: str | None, wrap_trainer: Any = No
     return stats
 
 
+def failure_line(error: BaseException) -> str:
+    """One line for a training failure: the first worker's own exception when Ray Train reports worker failures
+    (``TrainingFailedError``), the controller's or the error itself otherwise."""
+    failures = getattr(error, "worker_failures", None)
+    prefix = ""
+    if failures:
+        rank, error = sorted(failures.items(), key=lambda kv: kv[0])[0]
+        prefix = f"worker {rank}: "
+    error = getattr(error, "controller_failure", None) or error
+    error = getattr(error, "cause", None) or error  # a RayTaskError wraps the worker's exception
+    if isinstance(error, FinetuneError):
+        prefix, text = "", str(error)
+    else:
+        text = f"{type(error).__name__}: {str(error).strip()}" if str(error).strip() else type(error).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return prefix + (lines[0] if lines else type(error).__name__)
+
+
 def _ray_worker(job: dict[str, Any]) -> dict[str, Any]:
     """One Ray Train worker: the same training; rank 0 hands the saved model back as the checkpoint."""
     import tempfile
@@ -353,9 +382,10 @@ def _train_with_ray(job: dict[str, Any], cfg: FinetuneConfig, out_dir: Path, mod
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(name="sft", storage_path=str(storage)),
     )
-    result = trainer.fit()
+    result = trainer.fit()  # Train V2 raises TrainingFailedError; older versions return it in result.error
     if result.error is not None or result.checkpoint is None:
-        raise FinetuneError(f"finetune: Ray Train run failed: {result.error}")
+        what = failure_line(result.error) if result.error is not None else "no checkpoint came back"
+        raise FinetuneError(f"finetune: Ray Train run failed: {what}")
     result.checkpoint.to_directory(str(model_dir))
     shutil.rmtree(storage, ignore_errors=True)
     return dict(result.return_value or result.metrics or {})
@@ -381,7 +411,7 @@ def finetune(
     """
     from transformers import AutoTokenizer
 
-    from pipeline.models import resolve_model
+    from pipeline.models import load_args, resolve_model
 
     started = time.perf_counter()
     seed = cfg.seed if cfg.seed is not None else (seed or 0)
@@ -395,7 +425,9 @@ def finetune(
     order = training_order(len(problems), cfg, seed)
     steps = planned_steps(cfg, len(problems))
     extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code, **extra)
+    student_name, revision = load_args(model_path)  # a hub id comes pinned to the commit the driver resolved
+    tokenizer = AutoTokenizer.from_pretrained(student_name, revision=revision,
+                                              trust_remote_code=cfg.trust_remote_code, **extra)
     columns, truncated = tokenize_rows(problems, completions, tokenizer, prompt_cfg, cfg.sft.get("max_length"))
     laid_out = {name: [values[i] for i in order] for name, values in columns.items()}
     job = {
@@ -404,10 +436,17 @@ def finetune(
         "lora": cfg.lora.model_dump(mode="json") if cfg.lora else None,
         "sft_kwargs": _sft_kwargs(cfg, steps, seed, str(out / "trainer")),
     }
-    if cfg.num_workers > 1:
-        stats = _train_with_ray(job, cfg, out, model_dir)
-    else:
-        stats = train_once(job, str(model_dir))
+    try:
+        if cfg.num_workers > 1:
+            stats = _train_with_ray(job, cfg, out, model_dir)
+        else:
+            stats = train_once(job, str(model_dir))
+    except FinetuneError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with -v
+        log.debug("finetune: training failed", exc_info=True)
+        raise FinetuneError(f"finetune: training failed: {failure_line(e)} (rerun with `lessmore -v` for the "
+                            f"traceback)") from e
     shutil.rmtree(out / "trainer", ignore_errors=True)
     stats.update(
         student=cfg.student, student_path=model_path, rows=len(problems), rows_truncated=truncated,

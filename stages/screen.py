@@ -45,20 +45,22 @@ class ScreenStage(Stage):
     input_key = (C.PROBLEM_ID,)
     output_key = (C.PROBLEM_ID,)
 
-    def __init__(self, cfg: ScreenConfig, seed: int = 0, model_path: str | None = None, threads: int = 1) -> None:
+    def __init__(self, cfg: ScreenConfig, seed: int = 0, model_path: str | None = None, threads: int = 1,
+                 model_fp: str | None = None) -> None:
         from stages.sample import SampleStage
         from stages.verify import VerifyStage
 
         self.cfg = cfg
-        self.sampler = SampleStage(cfg.sample, seed=seed, model_path=model_path, threads=threads)
+        self.sampler = SampleStage(cfg.sample, seed=seed, model_path=model_path, threads=threads, model_fp=model_fp)
         self.verifier = VerifyStage(cfg.verify)
 
     @classmethod
     def prepare(cls, cfg: ScreenConfig, upstream_dir: str, context) -> dict[str, Any]:
-        from pipeline.models import resolve_model
+        from pipeline.models import model_fingerprint, resolve_model
 
-        return {"seed": cfg.sample.seed if cfg.sample.seed is not None else context.seed,
-                "model_path": resolve_model(cfg.sample.model), "threads": max(1, int(context.num_cpus))}
+        path = resolve_model(cfg.sample.model)
+        return {"seed": cfg.sample.seed if cfg.sample.seed is not None else context.seed, "model_path": path,
+                "model_fp": model_fingerprint(path), "threads": max(1, int(context.num_cpus))}
 
     @classmethod
     def fingerprint_extra(cls, cfg: ScreenConfig) -> str:

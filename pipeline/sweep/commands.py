@@ -27,11 +27,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     """Validate, then run the sweep (or list its trials with --validate). Returns the exit code: 0 every trial
     finished; 1 some failed (see the report); 2 invalid config."""
     from pipeline.config import ConfigError
+    from pipeline.models import ModelError, check_models
     from pipeline.sweep.config import expand_grid, load_sweep_config
 
     try:
         cfg = load_sweep_config(args.config, args.set)
-    except ConfigError as e:
+        check_models(cfg)  # every generator and the student, before Ray starts
+    except (ConfigError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     specs = expand_grid(cfg)

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pipeline import io
 from pipeline.config import ConfigError, RayConfig, apply_overrides, error_lines, load_yaml, safe_join
 from pipeline.evaluate import EvaluateConfig
+from pipeline.models import MODEL_FIELD
 from pipeline.finetune import FinetuneConfig
 from stages.base import Frozen
 from stages.difficulty import DifficultyConfig
@@ -52,7 +53,7 @@ class GeneratorSpec(Frozen):
     """One generator of the pool (a point on the generator-quality axis)."""
 
     model: str = Field(description="toy:NAME, a local model directory, a hub id, or linear:rho=R[,sigma=S] (a "
-                       "linear world); it samples the pool.")
+                       "linear world); it samples the pool.", json_schema_extra=MODEL_FIELD)
     gguf_file: str | None = Field(None, description="GGUF file inside the model directory, if it ships GGUF.")
     oracle: LinearOracle | None = Field(
         None, description="Linear world: this pool's oracle (rho_star, rho_g), which answers its problems and scores "

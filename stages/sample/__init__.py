@@ -32,13 +32,16 @@ class SampleStage(Stage):
     output_key = (C.PROBLEM_ID, C.SAMPLE_IDX)
     tallies = (C.CACHED,)
 
-    def __init__(self, cfg: SampleSettings, seed: int = 0, model_path: str | None = None, threads: int = 1) -> None:
-        """``threads``: torch threads of this worker when ``cfg.threads`` is unset (the runner passes its CPUs)."""
+    def __init__(self, cfg: SampleSettings, seed: int = 0, model_path: str | None = None, threads: int = 1,
+                 model_fp: str | None = None) -> None:
+        """``threads``: torch threads of this worker when ``cfg.threads`` is unset (the runner passes its CPUs);
+        ``model_path`` and ``model_fp``: the model as the driver resolved and fingerprinted it (default: here)."""
         from pipeline.models import fingerprint, model_fingerprint, model_id_of, resolve_model
 
         self.cfg = cfg
         self.seed = cfg.seed if cfg.seed is not None else seed
         path = model_path or resolve_model(cfg.model)
+        model_fp = model_fp or model_fingerprint(path)
         self.model_id = model_id_of(cfg.model)
         backend = choose_backend(cfg)
         if backend == "vllm":
@@ -55,15 +58,15 @@ class SampleStage(Stage):
             self.backend = HFBackend(cfg, path, threads=cfg.threads or threads)
         from stages.sample.cache import open_sampling_cache
 
-        self.cache = open_sampling_cache(cfg, backend, path)  # None unless cfg.cache_dir is set
+        self.cache = open_sampling_cache(cfg, backend, path, model_fp)  # None unless cfg.cache_dir is set
         self.sampling_fingerprint = fingerprint(
-            model_fingerprint(path), cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.stop, cfg.prompt_template,
+            model_fp, cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.stop, cfg.prompt_template,
             cfg.system_prompt, cfg.chat_template,
         )
 
     @classmethod
     def prepare(cls, cfg: SampleConfig, upstream_dir: str, context) -> dict[str, Any]:
-        from pipeline.models import resolve_model
+        from pipeline.models import model_fingerprint, resolve_model
 
         if cfg.trust_remote_code:  # said on the driver too: worker logs are not shown by default
             log.warning("stages.sample.trust_remote_code is on: code shipped with model %s will run on every "
@@ -72,9 +75,11 @@ class SampleStage(Stage):
             from stages.sample.vllm import check_gpus
 
             check_gpus(cfg, context.num_gpus)
-        # Build or locate the model once on the driver, so workers never race to build it.
-        return {"seed": cfg.seed if cfg.seed is not None else context.seed, "model_path": resolve_model(cfg.model),
-                "threads": max(1, int(context.num_cpus))}
+        # Build or locate the model once on the driver, so workers never race to build it, all load the same hub
+        # commit, and none re-reads the weights to fingerprint them.
+        path = resolve_model(cfg.model)
+        return {"seed": cfg.seed if cfg.seed is not None else context.seed, "model_path": path,
+                "model_fp": model_fingerprint(path), "threads": max(1, int(context.num_cpus))}
 
     @classmethod
     def rows_per_input(cls, cfg: SampleConfig) -> int | None:

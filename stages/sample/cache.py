@@ -221,18 +221,31 @@ class SamplingCache:
         return results
 
 
-def open_sampling_cache(cfg: Any, backend: str, model_path: str) -> SamplingCache | None:
-    """The sample stage's cache for this config, or None when ``cfg.cache_dir`` is unset (caching off)."""
+def open_sampling_cache(cfg: Any, backend: str, model_path: str, model_fp: str | None = None) -> SamplingCache | None:
+    """The sample stage's cache for this config and model, or None when ``cfg.cache_dir`` is unset (caching off).
+    ``model_fp``: the model's fingerprint when the caller has it (default: computed from ``model_path``)."""
     if not getattr(cfg, "cache_dir", None):
         return None
-    from pipeline.models import model_fingerprint
+    if model_fp is None:
+        from pipeline.models import model_fingerprint
 
+        model_fp = model_fingerprint(model_path)
     namespace = sampling_namespace(
-        backend=backend, model_fingerprint=model_fingerprint(model_path), temperature=cfg.temperature,
+        backend=backend, model_fingerprint=model_fp, temperature=cfg.temperature,
         top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=cfg.stop, dtype=cfg.dtype,
-        extra={"gguf_file": cfg.gguf_file},
+        extra=engine_settings(cfg, backend),
     )
     return SamplingCache(GenerationCache(cfg.cache_dir), namespace)
+
+
+def engine_settings(cfg: Any, backend: str) -> dict[str, Any]:
+    """The settings besides the sampling parameters that change what a backend generates, for the cache key: the
+    GGUF file, and for vllm the engine's arguments and its tensor-parallel degree (sharding changes the arithmetic).
+    The hf backend's entry is what it always was, so its cached completions stay found."""
+    extra: dict[str, Any] = {"gguf_file": cfg.gguf_file}
+    if backend == "vllm":
+        extra.update(tensor_parallel_size=int(cfg.tensor_parallel_size), engine_kwargs=dict(cfg.engine_kwargs))
+    return extra
 
 
 # -- cost accounting -----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.models import MODEL_FIELD
 from stages.base import OnRay, Resources, StageConfig
 from stages.sample.adaptive import DecideConfig, check_rounds
 
@@ -16,8 +17,10 @@ class SampleSettings(StageConfig):
 
     model: str = Field(
         "toy:strong",
-        description="toy:NAME (the project's tiny model, built on first use), a local model directory, a hub id, or "
+        description="toy:NAME (the project's tiny model, built on first use), a local model directory, a hub id "
+        "(org/name or org/name@revision; pinned to its commit before the run starts), or "
         "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S).",
+        json_schema_extra=MODEL_FIELD,
     )
     backend: Literal["hf", "vllm", "auto", "linear"] = Field(
         "hf", description="hf: transformers generate; vllm: vllm.LLM; linear: the linear world's labeller "
@@ -48,7 +51,8 @@ class SampleSettings(StageConfig):
     seed: int | None = Field(None, description="Sampling seed (default: the run seed).")
     cache_dir: str | None = Field(
         None, description="Generation cache directory (e.g. ~/.cache/lessmore/generations); None: no cache. "
-        "Completions are looked up by (backend, model, prompt, sampling params, seed, sample_idx) before generating."
+        "Completions are looked up by (backend and its engine settings, model content or hub commit, prompt, "
+        "sampling params, seed, sample_idx) before generating; rows served from it have `cached` true."
     )
     tensor_parallel_size: int = Field(
         1, ge=1, description="vllm: GPUs one engine shards the model over; set resources.num_gpus to the same."

@@ -62,15 +62,20 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from pipeline.models import load_args
+
         if cfg.trust_remote_code:
             log.warning("trust_remote_code is on: code shipped with %s will run", model_path)
         torch.set_num_threads(threads)
+        name, revision = load_args(model_path)  # a hub id comes pinned to the commit the driver resolved
         extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code, **extra)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=revision, trust_remote_code=cfg.trust_remote_code, **extra
+        )
         self.tokenizer.padding_side = "left"
         dtype = getattr(torch, cfg.dtype)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
+            name, revision=revision, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
         ).eval()
         tok = self.tokenizer
         self.eos_ids = eos_ids(tok, self.model)

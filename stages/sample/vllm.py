@@ -25,16 +25,22 @@ _FINISH = {"stop": "stop", "length": "length"}
 
 
 def engine_arguments(cfg: Any, model_path: str) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.LLM``; ``cfg.engine_kwargs`` wins."""
-    model = os.path.join(model_path, cfg.gguf_file) if cfg.gguf_file else model_path
+    """Keyword arguments for ``vllm.LLM``; ``cfg.engine_kwargs`` wins. A hub id is loaded at the commit the driver
+    resolved (``revision`` and ``tokenizer_revision``)."""
+    from pipeline.models import load_args
+
+    name, revision = load_args(model_path)
+    model = os.path.join(name, cfg.gguf_file) if cfg.gguf_file else name
     kwargs: dict[str, Any] = {
         "model": model,
-        "tokenizer": model_path,
+        "tokenizer": name,
         "dtype": cfg.dtype,
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "enable_prefix_caching": True,
         "trust_remote_code": cfg.trust_remote_code,
     }
+    if revision is not None:
+        kwargs.update(revision=revision, tokenizer_revision=revision)
     kwargs.update(cfg.engine_kwargs)
     return kwargs
 
@@ -61,6 +67,8 @@ class VLLMBackend:
     def __init__(self, cfg: Any, model_path: str) -> None:
         from transformers import AutoTokenizer
 
+        from pipeline.models import load_args
+
         try:
             import vllm
         except ImportError as exc:
@@ -71,7 +79,8 @@ class VLLMBackend:
         if cfg.trust_remote_code:
             log.warning("trust_remote_code is on: code shipped with %s will run", model_path)
         self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        name, revision = load_args(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=cfg.trust_remote_code)
         self.llm = vllm.LLM(**engine_arguments(cfg, model_path))
         self._sampling_params = vllm.SamplingParams
         self.max_len = _max_model_len(self.llm)

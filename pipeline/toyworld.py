@@ -106,6 +106,55 @@ def _check_levels(levels: Sequence[int]) -> None:
         raise ValueError(f"levels must not repeat, got {levels}; use level_weights to weight a level more.")
 
 
+def _next_values(value: int) -> list[int]:
+    """Values one step can reach from ``value`` (one entry per (operation, operand) that stays in bounds)."""
+    out = [_apply(value, op, k) for op in "+-" for k in range(1, VALUE_BOUND)]
+    out += [value * k for k in range(2, 10)]
+    return [v for v in out if 0 <= v < VALUE_BOUND]
+
+
+def level_supply(level: int) -> int:
+    """How many distinct level-``level`` problems exist (9,979 at level 1; over a million from level 2)."""
+    counts = {v: 1 for v in range(1, VALUE_BOUND)}
+    for _ in range(level):
+        reached: dict[int, int] = {}
+        for value, count in counts.items():
+            for nxt in _next_values(value):
+                reached[nxt] = reached.get(nxt, 0) + count
+        counts = reached
+    return sum(counts.values())
+
+
+def _all_chains(level: int) -> list[tuple[int, tuple]]:
+    """Every level-``level`` problem as (start, steps), in a fixed order (only for the small levels)."""
+    chains: list[tuple[int, tuple]] = [(v, ()) for v in range(1, VALUE_BOUND)]
+    values = {(v, ()): v for v in range(1, VALUE_BOUND)}
+    for _ in range(level):
+        grown = []
+        for start, steps in chains:
+            value = values.pop((start, steps))
+            for op in OPERATIONS:
+                for k in (range(2, 10) if op == "*" else range(1, VALUE_BOUND)):
+                    result = _apply(value, op, k)
+                    if 0 <= result < VALUE_BOUND:
+                        key = (start, steps + ((op, k),))
+                        values[key] = result
+                        grown.append(key)
+        chains = grown
+    return chains
+
+
+def check_request(n: int, levels: Sequence[int], level_weights: Sequence[float] | None = None) -> None:
+    """Raise ValueError, saying what to change, when ``levels`` are not valid or cannot supply ``n`` distinct
+    problems split over them (the split is even unless weighted)."""
+    levels = tuple(levels)
+    _check_levels(levels)
+    for level, count in zip(levels, _level_counts(n, levels, level_weights), strict=True):
+        if level <= 2 and count > level_supply(level):  # later levels hold over 10^8 problems
+            raise ValueError(f"n = {n} asks for {count} level-{level} problems, but level {level} has only "
+                             f"{level_supply(level):,} distinct ones; ask for fewer problems or add levels")
+
+
 def make_problems(
     n: int,
     levels: Sequence[int] = ALL_LEVELS,
@@ -131,7 +180,7 @@ def make_problems(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}.")
     levels = tuple(levels)
-    _check_levels(levels)
+    check_request(n, levels, level_weights)
     rng = random.Random(f"toyworld-problems-{seed}")
     rows: list[dict] = []
     for level, count in zip(levels, _level_counts(n, levels, level_weights), strict=True):
@@ -143,10 +192,13 @@ def make_problems(
             if key in seen:
                 repeats_in_a_row += 1
                 if repeats_in_a_row == _MAX_REPEATS_IN_A_ROW:
-                    raise ValueError(
-                        f"Could draw only {len(seen)} distinct level-{level} problems of the {count} requested; "
-                        f"ask for fewer problems or give level {level} a smaller weight."
-                    )
+                    # Nearly every problem of the level is drawn (check_request allowed the count): the rest are
+                    # found by listing the level, in a seeded order.
+                    rest = [chain for chain in _all_chains(level) if chain not in seen]
+                    rng.shuffle(rest)
+                    for start, chain in rest[: count - len(seen)]:
+                        rows.append(_render(start, list(chain), level))
+                    break
                 continue
             repeats_in_a_row = 0
             seen.add(key)

@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline import io
-from pipeline.config import ConfigError, RayConfig, apply_overrides, error_lines, load_yaml, safe_join
+from pipeline.config import (ConfigError, RayConfig, apply_overrides, error_lines, load_yaml, safe_join,
+                             secret_paths)
 from pipeline.evaluate import EvaluateConfig
 from pipeline.finetune import FinetuneConfig
 from stages.base import Frozen
@@ -339,8 +340,14 @@ def parse_sweep_config(data: Any) -> SweepConfig:
 
 
 def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
-    """Load a sweep YAML, apply ``a.b=c`` overrides and validate it."""
-    return parse_sweep_config(apply_overrides(load_yaml(path), overrides or []))
+    """Load a sweep YAML, apply ``a.b=c`` overrides and validate it. Credentials are refused: the trials read the
+    config back from the run directory, where they are redacted."""
+    data = apply_overrides(load_yaml(path), overrides or [])
+    secrets = secret_paths(data)
+    if secrets:
+        raise ConfigError(f"{secrets[0]}: a credential in a sweep config cannot reach the trials (the saved config "
+                          "is redacted); remove it and set it in the environment (e.g. HF_TOKEN)")
+    return parse_sweep_config(data)
 
 
 # -- the grid ----------------------------------------------------------------------------------------------------

@@ -5,10 +5,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stages.base import OnRay, Resources, StageConfig
 from stages.sample.adaptive import DecideConfig, check_rounds
+
+
+def check_template(template: str) -> None:
+    """A prompt template is rendered with ``str.format(problem=...)``: it must hold ``{problem}`` and no other
+    field, and literal braces are written doubled. Raises ValueError with the fix."""
+    import string
+
+    escape = "write literal braces doubled, e.g. \\boxed{{}}"
+    try:
+        fields = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"{e} (str.format cannot render it); {escape}") from None
+    for name, conv, spec in fields:
+        if name != "problem" or conv or spec:
+            text = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"{text} is not a template field (only {{problem}} is); {escape}")
+    if not fields:
+        raise ValueError("no {problem} field: every prompt would be the same text; add {problem} where the "
+                         "problem goes")
 
 
 class SampleSettings(StageConfig):
@@ -61,6 +80,12 @@ class SampleSettings(StageConfig):
         None, ge=1, description="torch threads per worker (default: the CPUs each sampling worker reserves, "
         "resources.num_cpus). On a laptop, 1 Ray CPU with 2 threads leaves a CPU for Ray's own read and write tasks."
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _one_field(cls, template: str) -> str:
+        check_template(template)
+        return template
 
     @model_validator(mode="after")
     def _rounds_end_at_k(self) -> "SampleSettings":

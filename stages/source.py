@@ -185,7 +185,7 @@ def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str) -> dict[s
     if level is not None and not isinstance(level, int):
         try:
             level = int(level)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite level
             level = None
     text = problem if isinstance(problem, str) else json.dumps(problem, default=str)[:1000]
     metadata = raw.get(C.METADATA)

@@ -15,7 +15,7 @@ import yaml
 
 from pipeline import columns as C
 from pipeline.cli import main
-from pipeline.config import ConfigError, load_yaml, parse_config, redact_secrets
+from pipeline.config import ConfigError, load_yaml, parse_config
 
 SECRET = "hf_trust-input-7c1e9"
 
@@ -101,8 +101,10 @@ def test_overrides_go_through_the_same_loader():
 
     assert apply_overrides({}, ["a.b=[1, 2]"]) == {"a": {"b": [1, 2]}}
     # A value the loader refuses stays the literal text (as malformed YAML always did), never an expansion.
-    out = apply_overrides({}, ["x=" + ALIAS_BOMB.replace("\n", " ")])
-    assert isinstance(out["x"], str)
+    flow_bomb = "[&a [lol,lol,lol,lol,lol,lol,lol,lol,lol]" + "".join(
+        f", &{name} [{','.join([f'*{prev}'] * 9)}]" for prev, name in zip("abcdefgh", "bcdefghi")) + "]"
+    out = apply_overrides({}, ["x=" + flow_bomb])
+    assert out["x"] == flow_bomb
 
 
 # -- what validate checks before any work ---------------------------------------------------------------------
@@ -198,6 +200,8 @@ def test_a_fraction_budget_that_keeps_nothing_is_an_error_naming_rule_and_number
 
 
 def test_redaction_covers_credential_keys_at_any_depth_and_nothing_else():
+    from pipeline.config import redact_secrets
+
     data = {"stages": {"sample": {"engine_kwargs": {"hf_token": SECRET, "max_model_len": 512}, "max_tokens": 8}},
             "finetune": {"sft": {"hub_token": SECRET, "pad_token": "<pad>", "eos_token_id": 2}},
             "x": [{"api_key": SECRET, "client_secret": SECRET, "password": SECRET, "tokenizer": "t"}],
@@ -214,7 +218,7 @@ def test_a_sweep_never_saves_credentials(tmp_path, monkeypatch, capsys):
     import pipeline.sweep.run as sweep_run
     from pipeline.sweep.config import parse_sweep_config
 
-    data = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "phase_tiny.yaml")
+    data = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "phase_linear_smoke.yaml")
     data.update(output_root=str(tmp_path), name="sweep")
     data["pool"]["sample"]["engine_kwargs"] = {"hf_token": SECRET}
     path = tmp_path / "sweep.yaml"
@@ -255,6 +259,9 @@ def test_answers_that_cannot_be_answers_are_quarantined(tmp_path):
     reasons = [r[C.REJECT_REASON] for r in rows]
     assert all(r and "cannot be an answer" in r for r in reasons[:7]), reasons
     assert reasons[7:] == [None, None]  # a number and a real symbol stay
+    odd_level = tmp_path / "l.jsonl"
+    odd_level.write_text(json.dumps({"problem": "P.", "answer": "1", "level": float("inf")}) + "\n")
+    assert _read_source(kind="jsonl", path=str(odd_level), level_field="level")[0][C.LEVEL] is None
     gsm = tmp_path / "g.jsonl"
     gsm.write_text(json.dumps({"problem": "P.", "answer": "so #### nan"}) + "\n")
     assert "cannot be an answer" in _read_source(kind="jsonl", path=str(gsm), answer_format="gsm8k")[0][C.REJECT_REASON]
@@ -295,10 +302,12 @@ def test_parquet_files_whose_schemas_differ_are_read_file_by_file(tmp_path):
 def test_a_reject_field_in_the_data_is_not_a_reject_reason(tmp_path):
     src = tmp_path / "p.jsonl"
     src.write_text(json.dumps({"problem": "Compute 3+4.", "answer": "7", "__reject__": "please drop me"}) + "\n"
-                   + "not json\n")
+                   + "not json\n" + "[" * 100_000 + "\n")
     rows = _read_source(kind="jsonl", path=str(src))
     assert rows[0][C.REJECT_REASON] is None and rows[0][C.ANSWER] == "7"
-    assert rows[1][C.REJECT_REASON].startswith("line 2 is not valid JSON")  # the reader's own mark still works
+    # the readers' own marks still work
+    assert rows[1][C.REJECT_REASON].startswith("line 2 is not valid JSON")
+    assert rows[2][C.REJECT_REASON] == "line 3 is nested too deeply"
 
 
 # -- one small run: quarantine counted, credentials nowhere on disk -------------------------------------------------

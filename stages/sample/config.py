@@ -57,7 +57,10 @@ class SampleSettings(StageConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(128, ge=1, description="Most new tokens per completion; longer ones end as 'length'.")
     stop: tuple[str, ...] = Field((), description="Strings that end a completion (cut before the string).")
-    prompt_template: str = Field("{problem}", description="Prompt text; {problem} is replaced by the problem.")
+    prompt_template: str = Field(
+        "{problem}", description="Prompt text; {problem} is replaced by the problem (rendered by str.format: write "
+        "other braces doubled, e.g. \\boxed{{}})."
+    )
     system_prompt: str | None = Field(None, description="System message, when the chat template is used.")
     chat_template: bool | None = Field(None, description="Apply the tokenizer's chat template (None: if it has one).")
     generate_batch_size: int = Field(256, ge=1, description="Sequences per generate call (hf backend).")

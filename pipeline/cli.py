@@ -72,7 +72,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}{_sweep_hint(args.config)}", file=sys.stderr)
         return 2
     from pipeline.session import run_all
-
     from stages.rules import RuleError
 
     try:

@@ -134,7 +134,8 @@ class Runner:
         check_columns(self.cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Credentials in the config never reach the disk (the dataset card embeds this file, and it may be pushed).
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(redact_secrets(self.cfg.to_yaml_dict()), sort_keys=False))
+        written = redact_secrets(self.cfg.to_yaml_dict())
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
         upstream_fp, upstream_dir = "root", ""
         results: list[StageResult] = []
         for idx, (name, scfg) in enumerate(self.cfg.stages):

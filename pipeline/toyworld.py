@@ -37,7 +37,7 @@ WORD_TOKENS = ("Compute ", "Answer: ", "\\boxed{")
 CHAR_TOKENS = tuple("0123456789") + tuple("+-*=. \n}")
 VOCABULARY = SPECIAL_TOKENS + WORD_TOKENS + CHAR_TOKENS
 
-# Repeats in a row after which a level counts as exhausted (level 1 has only 9,979 distinct problems).
+# Repeats in a row after which the problems of a level left to draw are listed instead (level 1 has only 9,979).
 _MAX_REPEATS_IN_A_ROW = 5_000
 
 
@@ -106,11 +106,15 @@ def _check_levels(levels: Sequence[int]) -> None:
         raise ValueError(f"levels must not repeat, got {levels}; use level_weights to weight a level more.")
 
 
-def _next_values(value: int) -> list[int]:
-    """Values one step can reach from ``value`` (one entry per (operation, operand) that stays in bounds)."""
-    out = [_apply(value, op, k) for op in "+-" for k in range(1, VALUE_BOUND)]
-    out += [value * k for k in range(2, 10)]
-    return [v for v in out if 0 <= v < VALUE_BOUND]
+def _steps(value: int) -> list[tuple[str, int, int]]:
+    """The (operation, operand, result) steps ``_draw_chain`` can take from ``value``."""
+    out = []
+    for operation in OPERATIONS:
+        for operand in range(2, 10) if operation == "*" else range(1, VALUE_BOUND):
+            result = _apply(value, operation, operand)
+            if 0 <= result < VALUE_BOUND:
+                out.append((operation, operand, result))
+    return out
 
 
 def level_supply(level: int) -> int:
@@ -119,8 +123,8 @@ def level_supply(level: int) -> int:
     for _ in range(level):
         reached: dict[int, int] = {}
         for value, count in counts.items():
-            for nxt in _next_values(value):
-                reached[nxt] = reached.get(nxt, 0) + count
+            for _, _, result in _steps(value):
+                reached[result] = reached.get(result, 0) + count
         counts = reached
     return sum(counts.values())
 
@@ -132,14 +136,10 @@ def _all_chains(level: int) -> list[tuple[int, tuple]]:
     for _ in range(level):
         grown = []
         for start, steps in chains:
-            value = values.pop((start, steps))
-            for op in OPERATIONS:
-                for k in (range(2, 10) if op == "*" else range(1, VALUE_BOUND)):
-                    result = _apply(value, op, k)
-                    if 0 <= result < VALUE_BOUND:
-                        key = (start, steps + ((op, k),))
-                        values[key] = result
-                        grown.append(key)
+            for operation, operand, result in _steps(values.pop((start, steps))):
+                key = (start, steps + ((operation, operand),))
+                values[key] = result
+                grown.append(key)
         chains = grown
     return chains
 

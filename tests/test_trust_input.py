@@ -196,6 +196,17 @@ def test_a_fraction_budget_that_keeps_nothing_is_an_error_naming_rule_and_number
     assert sum(d[0] for d in kept["decisions"].values()) == 1
 
 
+def test_a_sweep_cell_whose_budget_keeps_nothing_is_refused():
+    from pipeline.sweep.config import parse_sweep_config
+
+    data = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "phase_linear_smoke.yaml")
+    data["grid"]["blocks"] = [{"pool_sizes": [20, 200], "keep_fractions": [0.01, 1.0]}]
+    with pytest.raises(ConfigError, match=r"grid.blocks.0: keep fraction p = 0.01 of pool size 20 keeps no problem"):
+        parse_sweep_config(data)
+    data["grid"]["blocks"] = [{"pool_sizes": [200], "keep_fractions": [0.01, 1.0]}]
+    parse_sweep_config(data)
+
+
 # -- credentials ----------------------------------------------------------------------------------------------
 
 

@@ -115,6 +115,11 @@ class GridBlock(Frozen):
             raise ValueError("pool_sizes must be positive integers")
         if not self.keep_fractions or any(not 0 < p <= 1 for p in self.keep_fractions):
             raise ValueError("keep_fractions must lie in (0, 1]")
+        empty = [(n, p) for n in self.pool_sizes for p in self.keep_fractions if int(round(p * n)) == 0]
+        if empty:  # the curate stage's budget: round(p x n) problems
+            n, p = empty[0]
+            raise ValueError(f"keep fraction p = {p:g} of pool size {n} keeps no problem (p x n rounds to 0); "
+                             f"use p >= {1 / n:.3g} or larger pool sizes")
         for name, values in (("oracle_noise", self.oracle_noise), ("generator_noise", self.generator_noise)):
             if not values or any(not 0 <= v <= 1 for v in values):
                 raise ValueError(f"{name} values must lie in [0, 1]")

@@ -81,6 +81,17 @@ def check_output_paths(cfg: "RunConfig") -> None:
                               "choose a directory of its own inside output_root, e.g. datasets/<name>")
 
 
+def check_budget(cfg: "RunConfig") -> None:
+    """A curate budget ``p`` that rounds to no problem of the most the source gives (``source.n``) is refused before
+    any work; the curate stage checks the pool it actually gets again."""
+    n = getattr(cfg.stage("source"), "n", None)
+    curate = cfg.stage("curate")
+    p = getattr(curate, "p", None)
+    if n and p and int(round(p * n)) == 0:
+        raise ConfigError(f"stages.curate.p: rule {curate.rule_label} with p = {p:g} keeps none of the at most {n} "
+                          f"problems of stages.source.n (p x n rounds to 0); set p >= {1 / n:.3g} or a budget n")
+
+
 def _local_output_root(data: dict[str, Any]) -> dict[str, Any]:
     """``file://`` output roots become plain paths; other URI schemes are refused with what to do instead."""
     root = data.get("output_root")
@@ -173,6 +184,7 @@ def parse_config(data: Any) -> RunConfig:
     except ValidationError as e:
         raise ConfigError("\n".join(error_lines(e, (), RunConfig))) from None
     check_output_paths(cfg)
+    check_budget(cfg)
     return cfg
 
 

@@ -196,6 +196,17 @@ def test_a_fraction_budget_that_keeps_nothing_is_an_error_naming_rule_and_number
     assert sum(d[0] for d in kept["decisions"].values()) == 1
 
 
+def test_validate_refuses_a_fraction_budget_the_source_cannot_fill(tmp_path, capsys, monkeypatch):
+    text = ("stages:\n  source: {kind: toyworld, n: 20, levels: [1]}\n  sample: {}\n  verify: {}\n"
+            "  difficulty: {}\n  curate: {rule: keep_hard, p: 0.01}\n")
+    code, err = _validate(tmp_path, text, capsys)
+    assert code == 2 and err.startswith("error: stages.curate.p: rule keep_hard with p = 0.01 keeps none")
+    assert "p >= 0.05" in err
+    _run_refused(tmp_path, text, capsys, monkeypatch)
+    code, _ = _validate(tmp_path, text.replace("p: 0.01", "p: 0.05"), capsys)
+    assert code == 0
+
+
 def test_a_sweep_cell_whose_budget_keeps_nothing_is_refused():
     from pipeline.sweep.config import parse_sweep_config
 

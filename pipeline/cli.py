@@ -33,11 +33,11 @@ def _sweep_hint(path: str) -> str:
     """A pointer to `lessmore sweep` when the file is a sweep config (it has pool and grid blocks)."""
     from pathlib import Path
 
-    import yaml
+    from pipeline.config import ConfigError, parse_yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = parse_yaml(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ConfigError):
         return ""
     if isinstance(data, dict) and "pool" in data and "grid" in data:
         return f"\n  {path} is a sweep config: run `lessmore sweep {path}` (check it with --validate)"
@@ -76,10 +76,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}{_sweep_hint(args.config)}", file=sys.stderr)
         return 2
     from pipeline.session import run_all
+    from stages.rules import RuleError
 
     try:
         return run_all(cfg)
-    except (ConfigError, ModelError, FileExistsError) as e:  # FileExistsError: export.path exists, no --overwrite
+    # FileExistsError: export.path exists and --overwrite was not given; RuleError: the curation cannot run on the
+    # pool it got (a budget that keeps nothing, a column the rule needs)
+    except (ConfigError, ModelError, FileExistsError, RuleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

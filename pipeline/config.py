@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,17 @@ def check_output_paths(cfg: "RunConfig") -> None:
         if target == run_dir or run_dir in target.parents or target in run_dir.parents:
             raise ConfigError(f"stages.export.path: {export_path} overlaps the run directory {run_dir}; "
                               "choose a directory of its own inside output_root, e.g. datasets/<name>")
+
+
+def check_budget(cfg: "RunConfig") -> None:
+    """A curate budget ``p`` that rounds to no problem of the most the source gives (``source.n``) is refused before
+    any work; the curate stage checks the pool it actually gets again."""
+    n = getattr(cfg.stage("source"), "n", None)
+    curate = cfg.stage("curate")
+    p = getattr(curate, "p", None)
+    if n and p and int(round(p * n)) == 0:
+        raise ConfigError(f"stages.curate.p: rule {curate.rule_label} with p = {p:g} keeps none of the at most {n} "
+                          f"problems of stages.source.n (p x n rounds to 0); set p >= {1 / n:.3g} or a budget n")
 
 
 def _local_output_root(data: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +184,7 @@ def parse_config(data: Any) -> RunConfig:
     except ValidationError as e:
         raise ConfigError("\n".join(error_lines(e, (), RunConfig))) from None
     check_output_paths(cfg)
+    check_budget(cfg)
     return cfg
 
 
@@ -183,8 +196,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stages.sample.k=8")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value = parse_yaml(raw, f"--set {key}")
+        except ConfigError:
             value = raw
         node = data
         parts = key.split(".")
@@ -199,17 +212,103 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Bounds of a config document: a few hundred bytes of nested aliases expand to gigabytes once the config is
+# validated or written back, and deep nesting exhausts Python's recursion. Real configs stay far inside both.
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (else the last would silently win),
+    nesting deeper than ``MAX_YAML_DEPTH`` and a document that aliases expand to more than ``MAX_YAML_NODES``."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node):
+        _check_expansion(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then a key of base: overriding is what merge keys are for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first_line
+                except TypeError:  # an unhashable key: SafeLoader says so below
+                    continue
+                if seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first_line[key] + 1}); give each key once",
+                        key_node.start_mark)
+                first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root) -> None:
+    """Refuse a node graph that expands to more than MAX_YAML_NODES nodes or MAX_YAML_DEPTH levels. Aliases share
+    nodes, so sizes and depths are counted once per node (no expansion happens here)."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in size and not done:
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        if not done:
+            size[key] = -1  # in progress: a node that contains itself (a recursive alias) is caught below
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+            continue
+        if any(size.get(id(c), -1) < 0 for c in children):
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it",
+                                              node.start_mark)
+        size[key] = 1 + sum(size[id(c)] for c in children)
+        depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+        if size[key] > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand the document past {MAX_YAML_NODES:,} values; write the values out "
+                "or use fewer aliases", node.start_mark)
+        if depth[key] > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                              node.start_mark)
+
+
+def parse_yaml(text: str, where: str = "config") -> Any:
+    """YAML text -> Python data through ``StrictLoader``; a ConfigError saying where the YAML is broken."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}: malformed YAML{at}: {getattr(e, 'problem', None) or e}") from None
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML file into a dict, with errors that say where the YAML is broken."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         raise ConfigError(f"{path}: empty config")
     return data
@@ -225,6 +324,47 @@ def with_export_overwrite(cfg: RunConfig) -> RunConfig:
     if cfg.stage("export") is None:
         return cfg
     return parse_config(apply_overrides(cfg.to_yaml_dict(), ["stages.export.overwrite=true"]))
+
+
+REDACTED = "<redacted>"
+# Keys whose values are credentials, at any depth (engine_kwargs.hf_token, sft.hub_token, a client's api_key): a
+# key that is or ends in one of these words. Tokenizer settings (pad_token, eos_token_id) are not credentials.
+_SECRET_KEY = re.compile(r"(?:^|[_-])(?:token|secret|password|passwd|api[_-]?key|access[_-]?key|private[_-]?key|"
+                         r"credentials?|auth)$|^(?:secret|password|api[_-]?key)(?:[_-]|$)", re.I)
+_NOT_SECRET = re.compile(r"^(?:pad|eos|bos|unk|sep|cls|mask|start|end|stop|special|additional)_token$", re.I)
+
+
+def is_secret_key(key: object) -> bool:
+    """Whether a config key names a credential (its value is never written to disk)."""
+    return isinstance(key, str) and bool(_SECRET_KEY.search(key)) and not _NOT_SECRET.match(key)
+
+
+def redact_secrets(data: Any) -> Any:
+    """A copy of JSON-like ``data`` with the value of every credential key (``is_secret_key``), at any depth,
+    replaced by ``"<redacted>"``. What lessmore writes to disk (a run's config.yaml, hence the dataset card, and a
+    sweep's saved config) goes through this; credentials belong in the environment (HF_TOKEN)."""
+    if isinstance(data, dict):
+        return {k: REDACTED if is_secret_key(k) and v not in (None, "", False, True) else redact_secrets(v)
+                for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_secrets(v) for v in data]
+    return data
+
+
+def secret_paths(data: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the credential values in ``data`` (what ``redact_secrets`` would replace)."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            path = f"{prefix}{k}"
+            if is_secret_key(k) and v not in (None, "", False, True):
+                found.append(path)
+            else:
+                found += secret_paths(v, path + ".")
+    elif isinstance(data, (list, tuple)):
+        for i, v in enumerate(data):
+            found += secret_paths(v, f"{prefix}{i}.")
+    return found
 
 
 def config_json(cfg: Frozen) -> str:

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline import columns as C
 from pipeline import io
-from pipeline.config import ConfigError, RunConfig, config_json
+from pipeline.config import ConfigError, RunConfig, config_json, redact_secrets
 from pipeline.registry import stage_class
 from stages.base import RunContext, Stage
 
@@ -62,8 +62,15 @@ class RunResult:
 def check_columns(cfg: RunConfig) -> None:
     """Fail in a second, not an hour in: every stage's required columns must come from an earlier stage."""
     available: set[str] = set()
+    grain: tuple[str, ...] = ()  # the columns that identify one row at this point, and the stage that set them
+    grain_by = ""
     for i, (name, _) in enumerate(cfg.stages):
         stage = stage_class(name)
+        if stage.kind == "map" and stage.input_key and grain and not set(grain) <= set(stage.input_key):
+            # e.g. a stage that reads one row per problem placed after one that makes a row per completion
+            raise ConfigError(
+                f"stages.{name}: takes one row per {', '.join(stage.input_key)}, but {grain_by} before it makes one "
+                f"row per {', '.join(grain)}; place {name} before {grain_by}")
         if i == 0 and stage.kind != "source":
             raise ConfigError(f"stages.{name}: the first stage must be a source (e.g. source: {{kind: toyworld, n: 100}})")
         if i > 0 and stage.kind == "source":
@@ -75,6 +82,8 @@ def check_columns(cfg: RunConfig) -> None:
                 f"order the stages as source, sample, verify, difficulty, curate, export"
             )
         available |= set(stage.adds)
+        if stage.output_key and stage.output_key != grain:
+            grain, grain_by = stage.output_key, name
 
 
 def stage_fingerprint(upstream: str, name: str, cfg) -> str:
@@ -124,7 +133,9 @@ class Runner:
     def run(self) -> RunResult:
         check_columns(self.cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_yaml_dict(), sort_keys=False))
+        # Credentials in the config never reach the disk (the dataset card embeds this file, and it may be pushed).
+        written = redact_secrets(self.cfg.to_yaml_dict())
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
         upstream_fp, upstream_dir = "root", ""
         results: list[StageResult] = []
         for idx, (name, scfg) in enumerate(self.cfg.stages):

@@ -37,7 +37,7 @@ WORD_TOKENS = ("Compute ", "Answer: ", "\\boxed{")
 CHAR_TOKENS = tuple("0123456789") + tuple("+-*=. \n}")
 VOCABULARY = SPECIAL_TOKENS + WORD_TOKENS + CHAR_TOKENS
 
-# Repeats in a row after which a level counts as exhausted (level 1 has only 9,979 distinct problems).
+# Repeats in a row after which the problems of a level left to draw are listed instead (level 1 has only 9,979).
 _MAX_REPEATS_IN_A_ROW = 5_000
 
 
@@ -106,6 +106,55 @@ def _check_levels(levels: Sequence[int]) -> None:
         raise ValueError(f"levels must not repeat, got {levels}; use level_weights to weight a level more.")
 
 
+def _steps(value: int) -> list[tuple[str, int, int]]:
+    """The (operation, operand, result) steps ``_draw_chain`` can take from ``value``."""
+    out = []
+    for operation in OPERATIONS:
+        for operand in range(2, 10) if operation == "*" else range(1, VALUE_BOUND):
+            result = _apply(value, operation, operand)
+            if 0 <= result < VALUE_BOUND:
+                out.append((operation, operand, result))
+    return out
+
+
+def level_supply(level: int) -> int:
+    """How many distinct level-``level`` problems exist (9,979 at level 1; over a million from level 2)."""
+    counts = {v: 1 for v in range(1, VALUE_BOUND)}
+    for _ in range(level):
+        reached: dict[int, int] = {}
+        for value, count in counts.items():
+            for _, _, result in _steps(value):
+                reached[result] = reached.get(result, 0) + count
+        counts = reached
+    return sum(counts.values())
+
+
+def _all_chains(level: int) -> list[tuple[int, tuple]]:
+    """Every level-``level`` problem as (start, steps), in a fixed order (only for the small levels)."""
+    chains: list[tuple[int, tuple]] = [(v, ()) for v in range(1, VALUE_BOUND)]
+    values = {(v, ()): v for v in range(1, VALUE_BOUND)}
+    for _ in range(level):
+        grown = []
+        for start, steps in chains:
+            for operation, operand, result in _steps(values.pop((start, steps))):
+                key = (start, steps + ((operation, operand),))
+                values[key] = result
+                grown.append(key)
+        chains = grown
+    return chains
+
+
+def check_request(n: int, levels: Sequence[int], level_weights: Sequence[float] | None = None) -> None:
+    """Raise ValueError, saying what to change, when ``levels`` are not valid or cannot supply ``n`` distinct
+    problems split over them (the split is even unless weighted)."""
+    levels = tuple(levels)
+    _check_levels(levels)
+    for level, count in zip(levels, _level_counts(n, levels, level_weights), strict=True):
+        if level <= 2 and count > level_supply(level):  # later levels hold over 10^8 problems
+            raise ValueError(f"n = {n} asks for {count} level-{level} problems, but level {level} has only "
+                             f"{level_supply(level):,} distinct ones; ask for fewer problems or add levels")
+
+
 def make_problems(
     n: int,
     levels: Sequence[int] = ALL_LEVELS,
@@ -131,7 +180,7 @@ def make_problems(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}.")
     levels = tuple(levels)
-    _check_levels(levels)
+    check_request(n, levels, level_weights)
     rng = random.Random(f"toyworld-problems-{seed}")
     rows: list[dict] = []
     for level, count in zip(levels, _level_counts(n, levels, level_weights), strict=True):
@@ -143,10 +192,13 @@ def make_problems(
             if key in seen:
                 repeats_in_a_row += 1
                 if repeats_in_a_row == _MAX_REPEATS_IN_A_ROW:
-                    raise ValueError(
-                        f"Could draw only {len(seen)} distinct level-{level} problems of the {count} requested; "
-                        f"ask for fewer problems or give level {level} a smaller weight."
-                    )
+                    # Nearly every problem of the level is drawn (check_request allowed the count): the rest are
+                    # found by listing the level, in a seeded order.
+                    rest = [chain for chain in _all_chains(level) if chain not in seen]
+                    rng.shuffle(rest)
+                    for start, chain in rest[: count - len(seen)]:
+                        rows.append(_render(start, list(chain), level))
+                    break
                 continue
             repeats_in_a_row = 0
             seen.add(key)

@@ -18,6 +18,7 @@ Two experiment knobs, seeded per problem / per row and recorded in the rows:
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +36,7 @@ SAMPLE_TABLE_COLUMNS = (
     C.PROBLEM_ID, C.SAMPLE_IDX, C.LEVEL, C.SOURCE, C.CORRECT, C.FINISH_REASON, C.PASS_RATE, C.N_SAMPLES, C.N_CORRECT,
     C.CI_LOW, C.CI_HIGH, C.DIFFICULTY_MODEL, C.SCREEN_PASS_RATE,
 )
+log = logging.getLogger(__name__)
 PLAN_COLUMNS = (C.KEPT, C.KEEP_REASON, C.DROP_REASON, C.RULE, *C.CURATE_DETAIL_COLUMNS, "rank")
 
 
@@ -425,6 +427,13 @@ def sample_table(upstream_dir: str, cfg: CurateConfig | None = None):
     return pd.concat(frames, ignore_index=True)
 
 
+def check_budget(cfg: CurateConfig, n_problems: int) -> None:
+    """Refuse a fraction budget that keeps nothing: p of the pool's problems rounds to 0 (``p: 0.01`` of 20)."""
+    if cfg.p is not None and n_problems and int(round(cfg.p * n_problems)) == 0:
+        raise R.RuleError(f"curate: rule {cfg.rule_label} with p = {cfg.p:g} keeps none of the {n_problems} "
+                          f"problems (p x {n_problems} rounds to 0); set p >= {1 / n_problems:.3g} or a budget n")
+
+
 class CurateStage(Stage):
     """Marks every row kept or dropped, with the reason; nothing is removed, so counts always reconcile."""
 
@@ -451,7 +460,12 @@ class CurateStage(Stage):
     def prepare(cls, cfg: CurateConfig, upstream_dir: str, context) -> dict[str, Any]:
         seed = cfg.seed if cfg.seed is not None else context.seed
         samples = sample_table(upstream_dir, cfg)
+        check_budget(cfg, samples[C.PROBLEM_ID].nunique() if C.PROBLEM_ID in samples else 0)
         decided = plan(samples, cfg, seed)
+        if len(decided) and not decided[C.KEPT].any():
+            reasons = decided[C.DROP_REASON].value_counts().head(3)
+            log.warning("curate: rule %s kept no rows (dropped: %s); the export will be empty", cfg.rule_label,
+                        ", ".join(f"{k} {v}" for k, v in reasons.items()))
         if cfg.report:
             from pathlib import Path
 

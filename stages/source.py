@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
@@ -91,6 +92,10 @@ class SourceConfig(StageConfig):
             raise ValueError("task is required when kind is 'reasoning_gym' (e.g. task: basic_arithmetic)")
         if self.kind in ("toyworld", "reasoning_gym", "linear") and self.n is None:
             raise ValueError(f"n (number of problems) is required when kind is {self.kind!r}")
+        if self.kind == "toyworld":
+            from pipeline.toyworld import check_request
+
+            check_request(self.n, self.levels)
         if self.kind == "linear" and self.dim is None:
             raise ValueError("dim (the feature dimension d) is required when kind is 'linear', e.g. dim: 100")
         if self.oracle is not None:
@@ -113,17 +118,46 @@ def refuse_keys(block: SourceConfig, keys: tuple[str, ...], why: str) -> SourceC
 
 def problem_id(source: str, problem: str) -> str:
     """Stable id: a hash of the source name and the problem text."""
-    return hashlib.sha256(f"{source}\n{problem}".encode()).hexdigest()[:16]
+    # surrogatepass: a lone surrogate (from a JSON "\ud800" escape) must not stop a rejected row from getting an id
+    return hashlib.sha256(f"{source}\n{problem}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+class Unreadable(NamedTuple):
+    """A record a reader could not read (a line that is not JSON, a parquet file it cannot open): the source stage
+    quarantines it with ``reason``. Only readers make these, in process: no field of the data can mark a row
+    rejected."""
+
+    text: str
+    reason: str
+
+
+def _not_unicode(value: Any) -> bool:
+    """Whether a string holds a lone surrogate (not valid Unicode text; a JSON "\ud800" escape decodes to one)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _not_a_number_answer(answer: Any) -> bool:
+    """NaN or an infinity, as a float or as text that float() reads so ("nan", "inf", "-Infinity"): no reference
+    answer can be one (a verifier would match nothing, or anything)."""
+    if isinstance(answer, float):
+        return not math.isfinite(answer)
+    if isinstance(answer, str) and answer.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return True
+    return False
 
 
 def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str) -> dict[str, Any]:
     """One raw record -> a problem row, or a row with ``reject_reason`` set (never dropped)."""
     problem = raw.get(cfg.problem_field)
     answer = raw.get(cfg.answer_field)
-    reason = raw.get("__reject__")
-    if reason:
-        pass
-    elif problem is None:
+    reason = None
+    if problem is None:
         reason = f"missing field {cfg.problem_field!r}"
     elif not isinstance(problem, str):
         reason = f"{cfg.problem_field!r} is {type(problem).__name__}, expected a string"
@@ -133,6 +167,11 @@ def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str) -> dict[s
         reason = f"missing field {cfg.answer_field!r}"
     elif isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         reason = f"{cfg.answer_field!r} is {type(answer).__name__}, expected a string or a number"
+    elif _not_unicode(problem) or _not_unicode(answer):
+        field = cfg.problem_field if _not_unicode(problem) else cfg.answer_field
+        reason = f"{field!r} is not valid Unicode (a lone surrogate, e.g. the JSON escape \\ud800)"
+    elif _not_a_number_answer(answer):
+        reason = f"{cfg.answer_field!r} is {answer!r}, which cannot be an answer"
     else:
         answer = str(answer)
         if cfg.answer_format == "gsm8k":
@@ -140,11 +179,13 @@ def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str) -> dict[s
             answer = m.group(1).replace(",", "").strip() if m else ""
         if not answer.strip():
             reason = f"{cfg.answer_field!r} is empty"
+        elif _not_a_number_answer(answer):
+            reason = f"{cfg.answer_field!r} is {answer!r}, which cannot be an answer"
     level = raw.get(cfg.level_field) if cfg.level_field else raw.get(C.LEVEL)
     if level is not None and not isinstance(level, int):
         try:
             level = int(level)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite level
             level = None
     text = problem if isinstance(problem, str) else json.dumps(problem, default=str)[:1000]
     metadata = raw.get(C.METADATA)
@@ -219,16 +260,17 @@ class SourceStage(Stage):
             return
         yield from self._dataset_records()
 
-    def _dataset_records(self) -> Iterator[dict[str, Any]]:
-        import datasets
-
+    def _dataset_records(self) -> Iterator[Any]:
         cfg = self.cfg
         if cfg.kind == "jsonl":
             yield from _read_jsonl(cfg.path, cfg.n)
             return
         if cfg.kind == "parquet":
-            ds = datasets.load_dataset("parquet", data_files=cfg.path, split="train")
-        elif cfg.kind == "disk":
+            yield from _read_parquet(cfg.path, cfg.n)
+            return
+        import datasets
+
+        if cfg.kind == "disk":
             ds = datasets.load_from_disk(cfg.path)
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[cfg.hub_split]
@@ -245,7 +287,13 @@ class SourceStage(Stage):
         seen: set[str] = set()
         rows: list[dict[str, Any]] = []
         for raw in self.records():
-            row = normalize_row(raw, self.cfg, source) if isinstance(raw, dict) else _not_a_record(raw, source, self.cfg)
+            if isinstance(raw, Unreadable):
+                row = _rejected(raw.text, raw.reason, source, self.cfg)
+            elif isinstance(raw, dict):
+                row = normalize_row(raw, self.cfg, source)
+            else:
+                row = _rejected(json.dumps(raw, default=str)[:1000], f"record is {type(raw).__name__}, expected an "
+                                "object", source, self.cfg)
             if row[C.REJECT_REASON] is None:
                 if row[C.PROBLEM_ID] in seen:
                     row[C.REJECT_REASON] = "duplicate problem (same source and text)"
@@ -263,12 +311,10 @@ def _to_batch(rows: list[dict[str, Any]]) -> Batch:
     return {c: [r.get(c) for r in rows] for c in names}
 
 
-def _not_a_record(raw: Any, source: str, cfg: SourceConfig) -> dict[str, Any]:
-    text = json.dumps(raw, default=str)[:1000]
+def _rejected(text: str, reason: str, source: str, cfg: SourceConfig) -> dict[str, Any]:
     return {
         C.PROBLEM_ID: problem_id(source, text), C.PROBLEM: text, C.ANSWER: None, C.SOURCE: source,
-        C.LEVEL: None, C.SPLIT: cfg.split, C.METADATA: None,
-        C.REJECT_REASON: f"record is {type(raw).__name__}, expected an object",
+        C.LEVEL: None, C.SPLIT: cfg.split, C.METADATA: None, C.REJECT_REASON: reason,
     }
 
 
@@ -305,5 +351,36 @@ def _read_jsonl(path: str, limit: int | None) -> Iterator[Any]:
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield {"problem": f"{file}:{lineno}: {line[:200]}", "answer": None,
-                           "__reject__": f"line {lineno} is not valid JSON: {e.msg}"}
+                    yield Unreadable(f"{file}:{lineno}: {line[:200]}", f"line {lineno} is not valid JSON: {e.msg}")
+                except RecursionError:
+                    yield Unreadable(f"{file}:{lineno}: {line[:200]}", f"line {lineno} is nested too deeply")
+
+
+def _read_parquet(path: str, limit: int | None) -> Iterator[Any]:
+    """Rows of every parquet file that ``path`` names (a file, a glob or a directory), file by file: files whose
+    schemas differ (a column more, an int where another file has text) each yield their own rows, and a file that
+    cannot be read yields one ``Unreadable`` record instead of stopping the run."""
+    import glob
+    import os
+
+    import pyarrow.parquet as pq
+
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+    else:
+        files = sorted(glob.glob(path, recursive=True)) or [path]
+    count = 0
+    for file in files:
+        try:
+            batches = pq.ParquetFile(file).iter_batches()
+            for batch in batches:
+                for row in batch.to_pylist():
+                    if limit is not None and count >= limit:
+                        return
+                    count += 1
+                    yield row
+        except Exception as e:  # noqa: BLE001 - whatever pyarrow raises on a bad file, the file is quarantined
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield Unreadable(file, f"{file} is not a readable parquet file: {type(e).__name__}: {str(e)[:300]}")

@@ -161,8 +161,6 @@ def test_lone_surrogate_in_a_json_source_is_stored_not_fatal(tmp_path):
     assert io.count_rows(tmp_path) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="stages/source.py hashes the problem text with str.encode(), which raises on a "
-                   "lone surrogate; the source should quarantine the row (reject_reason: invalid Unicode)")
 def test_lone_surrogate_row_is_quarantined_by_the_source(tmp_path):
     from stages.source import SourceConfig, SourceStage
 

@@ -29,7 +29,7 @@ def _cfg(tmp_path: Path, generators, loop=None, **report):
     """A sweep config for a synthetic run directory (the report reads only its report and loop blocks)."""
     return parse_sweep_config({
         "name": "synthetic", "output_root": str(tmp_path),
-        "pool": {"source": {"kind": "toyworld", "n": 100000},
+        "pool": {"source": {"kind": "toyworld", "n": 50000},
                  "generators": {g: {"model": "toy:strong"} for g in generators}},
         "grid": {"seeds": [0], "blocks": [{"pool_sizes": [100]}]},
         "loop": loop or {}, "report": {"bootstrap": 200, **report},

@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline import io
-from pipeline.config import ConfigError, RayConfig, apply_overrides, error_lines, load_yaml, safe_join
+from pipeline.config import (ConfigError, RayConfig, apply_overrides, error_lines, load_yaml, safe_join,
+                             secret_paths)
 from pipeline.evaluate import EvaluateConfig
 from pipeline.models import MODEL_FIELD
 from pipeline.finetune import FinetuneConfig
@@ -115,6 +116,11 @@ class GridBlock(Frozen):
             raise ValueError("pool_sizes must be positive integers")
         if not self.keep_fractions or any(not 0 < p <= 1 for p in self.keep_fractions):
             raise ValueError("keep_fractions must lie in (0, 1]")
+        empty = [(n, p) for n in self.pool_sizes for p in self.keep_fractions if int(round(p * n)) == 0]
+        if empty:  # the curate stage's budget: round(p x n) problems
+            n, p = empty[0]
+            raise ValueError(f"keep fraction p = {p:g} of pool size {n} keeps no problem (p x n rounds to 0); "
+                             f"use p >= {1 / n:.3g} or larger pool sizes")
         for name, values in (("oracle_noise", self.oracle_noise), ("generator_noise", self.generator_noise)):
             if not values or any(not 0 <= v <= 1 for v in values):
                 raise ValueError(f"{name} values must lie in [0, 1]")
@@ -340,8 +346,14 @@ def parse_sweep_config(data: Any) -> SweepConfig:
 
 
 def load_sweep_config(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepConfig:
-    """Load a sweep YAML, apply ``a.b=c`` overrides and validate it."""
-    return parse_sweep_config(apply_overrides(load_yaml(path), overrides or []))
+    """Load a sweep YAML, apply ``a.b=c`` overrides and validate it. Credentials are refused: the trials read the
+    config back from the run directory, where they are redacted."""
+    data = apply_overrides(load_yaml(path), overrides or [])
+    secrets = secret_paths(data)
+    if secrets:
+        raise ConfigError(f"{secrets[0]}: a credential in a sweep config cannot reach the trials (the saved config "
+                          "is redacted); remove it and set it in the environment (e.g. HF_TOKEN)")
+    return parse_sweep_config(data)
 
 
 # -- the grid ----------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, redact_secrets
 from pipeline.sweep.config import SweepConfig, expand_grid
 from pipeline.sweep.layout import CONFIG_FILE, REFERENCE_DIR, REPORT_DIR, TIMING_FILE, TRIALS_FILE
 from pipeline.sweep.pool import build_pools, read_manifest, reference_evaluation
@@ -28,7 +28,9 @@ def run_sweep(cfg: SweepConfig, console=None) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     # Only what was set: blocks that refuse a key when it is given (evaluate.heldout.split, a linear sweep's
     # finetune) read back the same config in the trial workers.
-    (run_dir / CONFIG_FILE).write_text(json.dumps(cfg.model_dump(mode="json", exclude_unset=True), indent=1) + "\n")
+    # Credentials never reach the disk (load_sweep_config refuses them; this covers a config built in code).
+    saved = redact_secrets(cfg.model_dump(mode="json", exclude_unset=True))
+    (run_dir / CONFIG_FILE).write_text(json.dumps(saved, indent=1) + "\n")
     console.print(f"[bold]sweep[/]: {run_dir}")
     t0 = time.perf_counter()
     manifest = build_pools(cfg, console=console)

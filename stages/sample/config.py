@@ -5,11 +5,30 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.models import MODEL_FIELD
 from stages.base import OnRay, Resources, StageConfig
 from stages.sample.adaptive import DecideConfig, check_rounds
+
+
+def check_template(template: str) -> None:
+    """A prompt template is rendered with ``str.format(problem=...)``: it must hold ``{problem}`` and no other
+    field, and literal braces are written doubled. Raises ValueError with the fix."""
+    import string
+
+    escape = "write literal braces doubled, e.g. \\boxed{{}}"
+    try:
+        fields = [(name, conv, spec) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"{e} (str.format cannot render it); {escape}") from None
+    for name, conv, spec in fields:
+        if name != "problem" or conv or spec:
+            text = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"{text} is not a template field (only {{problem}} is); {escape}")
+    if not fields:
+        raise ValueError("no {problem} field: every prompt would be the same text; add {problem} where the "
+                         "problem goes")
 
 
 class SampleSettings(StageConfig):
@@ -41,7 +60,10 @@ class SampleSettings(StageConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int = Field(128, ge=1, description="Most new tokens per completion; longer ones end as 'length'.")
     stop: tuple[str, ...] = Field((), description="Strings that end a completion (cut before the string).")
-    prompt_template: str = Field("{problem}", description="Prompt text; {problem} is replaced by the problem.")
+    prompt_template: str = Field(
+        "{problem}", description="Prompt text; {problem} is replaced by the problem (rendered by str.format: write "
+        "other braces doubled, e.g. \\boxed{{}})."
+    )
     system_prompt: str | None = Field(None, description="System message, when the chat template is used.")
     chat_template: bool | None = Field(None, description="Apply the tokenizer's chat template (None: if it has one).")
     generate_batch_size: int = Field(256, ge=1, description="Sequences per generate call (hf backend).")
@@ -65,6 +87,12 @@ class SampleSettings(StageConfig):
         None, ge=1, description="torch threads per worker (default: the CPUs each sampling worker reserves, "
         "resources.num_cpus). On a laptop, 1 Ray CPU with 2 threads leaves a CPU for Ray's own read and write tasks."
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _one_field(cls, template: str) -> str:
+        check_template(template)
+        return template
 
     @model_validator(mode="after")
     def _rounds_end_at_k(self) -> "SampleSettings":

@@ -55,10 +55,11 @@ class ScreenStage(Stage):
 
     @classmethod
     def prepare(cls, cfg: ScreenConfig, upstream_dir: str, context) -> dict[str, Any]:
-        from pipeline.models import resolve_model
+        from stages.sample import locate_model
 
         return {"seed": cfg.sample.seed if cfg.sample.seed is not None else context.seed,
-                "model_path": resolve_model(cfg.sample.model), "threads": max(1, int(context.num_cpus))}
+                "model_path": locate_model(cfg.sample, check=True, where="stages.screen.sample"),
+                "threads": max(1, int(context.num_cpus))}
 
     @classmethod
     def fingerprint_extra(cls, cfg: ScreenConfig) -> str:

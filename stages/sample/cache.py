@@ -221,14 +221,15 @@ class SamplingCache:
         return results
 
 
-def open_sampling_cache(cfg: Any, backend: str, model_path: str) -> SamplingCache | None:
-    """The sample stage's cache for this config, or None when ``cfg.cache_dir`` is unset (caching off)."""
+def open_sampling_cache(cfg: Any, backend: str, model_path: str, model_fp: str | None = None) -> SamplingCache | None:
+    """The sample stage's cache for this config, or None when ``cfg.cache_dir`` is unset (caching off).
+    ``model_fp``: the model's fingerprint when it is not a local model (a served one), else that of ``model_path``."""
     if not getattr(cfg, "cache_dir", None):
         return None
     from pipeline.models import model_fingerprint
 
     namespace = sampling_namespace(
-        backend=backend, model_fingerprint=model_fingerprint(model_path), temperature=cfg.temperature,
+        backend=backend, model_fingerprint=model_fp or model_fingerprint(model_path), temperature=cfg.temperature,
         top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=cfg.stop, dtype=cfg.dtype,
         extra={"gguf_file": cfg.gguf_file},
     )

@@ -322,3 +322,12 @@ def test_lessmore_run_end_to_end_and_the_key_is_written_nowhere(tmp_path):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "config.yaml" for p in files)
     assert [p for p in files if key.encode() in p.read_bytes()] == []
+
+
+def test_evaluation_samples_the_local_student_not_the_runs_server():
+    from pipeline.evaluate import EvaluateConfig, _sample_config
+
+    run_sampling = _config("http://127.0.0.1:1/v1", resources={"concurrency": 2})
+    local = _sample_config(EvaluateConfig(), run_sampling, greedy=True, seed=0, gguf_file=None)
+    assert local.openai is None and choose_backend(local) == "hf"
+    assert (local.chat_template, local.prompt_template) == (run_sampling.chat_template, run_sampling.prompt_template)

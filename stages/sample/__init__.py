@@ -78,8 +78,8 @@ class SampleStage(Stage):
 
         self.cache = open_sampling_cache(cfg, backend, path, model_fp)  # None unless cfg.cache_dir is set
         self.sampling_fingerprint = fingerprint(
-            model_fp or model_fingerprint(path), cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.stop, cfg.prompt_template,
-            cfg.system_prompt, cfg.chat_template,
+            model_fp or model_fingerprint(path), cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.stop,
+            cfg.prompt_template, cfg.system_prompt, cfg.chat_template,
         )
 
     @classmethod

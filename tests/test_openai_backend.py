@@ -331,3 +331,10 @@ def test_evaluation_samples_the_local_student_not_the_runs_server():
     local = _sample_config(EvaluateConfig(), run_sampling, greedy=True, seed=0, gguf_file=None)
     assert local.openai is None and choose_backend(local) == "hf"
     assert (local.chat_template, local.prompt_template) == (run_sampling.chat_template, run_sampling.prompt_template)
+
+
+def test_a_server_without_a_models_route_is_not_checked_but_said(server, caplog):
+    cfg = _config(server.url + "/nested")  # /v1/nested/models: 404 here
+    with caplog.at_level("WARNING"):
+        assert locate_model(cfg, check=True) == MODEL
+    assert "has no /models route" in caplog.text and "stages.sample.openai.base_url" in caplog.text

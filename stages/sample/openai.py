@@ -66,7 +66,8 @@ def make_client(settings: Any, max_retries: int | None = None, timeout_s: float 
 
 def check_server(cfg: Any, where: str = "stages.sample") -> None:
     """On the driver, before any worker starts: the server answers, takes the key and serves ``cfg.model``.
-    Raises ValueError with one line naming the field to change. A server without a /models route is not checked."""
+    Raises ValueError with one line naming the field to change. A server without a /models route is not checked
+    (a warning says so)."""
     import openai
 
     settings = cfg.openai
@@ -77,6 +78,8 @@ def check_server(cfg: Any, where: str = "stages.sample") -> None:
         raise ValueError(f"{where}.openai.api_key_env: {settings.base_url} refused the key (HTTP {e.status_code}); "
                          f"export the key in ${settings.api_key_env}") from None
     except openai.NotFoundError:
+        log.warning("%s has no /models route, so %s is not checked; if every request fails with HTTP 404, make "
+                    "%s.openai.base_url the API root (it usually ends in /v1)", settings.base_url, cfg.model, where)
         return
     except openai.APIConnectionError as e:
         raise ValueError(f"{where}.openai.base_url: cannot reach {settings.base_url} ({e}); start the server or "

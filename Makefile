@@ -66,8 +66,9 @@ $(VLLM_BIN)/.installed: pyproject.toml
 	$(VLLM_BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	$(VLLM_BIN)/pip install -q --disable-pip-version-check "ray[data]>=2.50" "pydantic>=2.8" pyyaml rich \
 		"pyarrow>=17" "pandas>=2.2" "trl>=1.16" "datasets>=4.0" "accelerate>=1.10" "math-verify>=0.9" \
-		"pytest>=8" "pytest-timeout>=2.3" "transformers<5.20"
+		"pytest>=8" "pytest-timeout>=2.3" "transformers<5.20" "openai>=1.40,<4"
 	touch $@
 
+# The engine in the stage's actor (test_vllm.py), then backend openai against a `vllm serve` the test starts.
 test-vllm: $(VLLM_BIN)/.installed
-	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py
+	$(VLLM_BIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_serve.py

@@ -320,6 +320,8 @@ def _sample_config(cfg: EvaluateConfig, sample_cfg, *, greedy: bool, seed: int, 
         "top_p": 1.0 if greedy else cfg.top_p, "max_tokens": cfg.max_tokens or base.max_tokens, "seed": seed,
         "gguf_file": gguf_file, "threads": threads,
     }
+    if base.backend == "openai" or base.openai is not None:  # the evaluated model is local, never the run's server
+        update.update(backend="auto", openai=None)
     return base.model_copy(update=update)
 
 

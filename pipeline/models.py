@@ -250,7 +250,8 @@ def model_references(cfg: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
             path = f"{prefix}.{name}" if prefix else name
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
             if extra.get("model_ref"):
-                if isinstance(value, str):
+                # A served model (backend openai) is a name on a server, checked by asking the server.
+                if isinstance(value, str) and getattr(cfg, "openai", None) is None:
                     yield path, value
             else:
                 yield from model_references(value, path)

@@ -56,11 +56,11 @@ class ScreenStage(Stage):
 
     @classmethod
     def prepare(cls, cfg: ScreenConfig, upstream_dir: str, context) -> dict[str, Any]:
-        from pipeline.models import model_fingerprint, resolve_model
+        from stages.sample import locate_model, model_identity
 
-        path = resolve_model(cfg.sample.model)
+        path = locate_model(cfg.sample, check=True, where="stages.screen.sample")
         return {"seed": cfg.sample.seed if cfg.sample.seed is not None else context.seed, "model_path": path,
-                "model_fp": model_fingerprint(path), "threads": max(1, int(context.num_cpus))}
+                "model_fp": model_identity(cfg.sample, path), "threads": max(1, int(context.num_cpus))}
 
     @classmethod
     def fingerprint_extra(cls, cfg: ScreenConfig) -> str:

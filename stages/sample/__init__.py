@@ -1,8 +1,9 @@
-"""sample: k completions per problem, with per-row seeds, on the transformers (hf), vLLM or linear-world backend.
+"""sample: k completions per problem, with per-row seeds, on the transformers (hf), vLLM, linear-world or openai
+(a running OpenAI-compatible server) backend.
 
 The package: ``config`` (the YAML block), ``backend`` (Generation, row seeds, the backend protocol, prompt
-rendering), ``hf`` and ``vllm`` (the engines), ``linear`` (the linear world's labeller), ``cache`` (the generation
-cache), ``adaptive`` (adaptive k)."""
+rendering), ``hf`` and ``vllm`` (the engines), ``linear`` (the linear world's labeller), ``openai`` (a server's
+client), ``cache`` (the generation cache), ``adaptive`` (adaptive k)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,32 @@ from stages.sample.config import SampleConfig, SampleSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SampleConfig", "SampleSettings", "SampleStage"]
+__all__ = ["SampleConfig", "SampleSettings", "SampleStage", "locate_model"]
+
+
+def locate_model(cfg: SampleSettings, check: bool = False, where: str = "stages.sample") -> str:
+    """What the backend loads: the resolved local model or hub id, or for backend openai the served model's name
+    (``check``: ask the server first that it answers, takes the key and serves the model; raises ValueError)."""
+    if choose_backend(cfg) == "openai":
+        if check:
+            from stages.sample.openai import check_server
+
+            check_server(cfg, where)
+        return cfg.model
+    from pipeline.models import resolve_model
+
+    return resolve_model(cfg.model)
+
+
+def model_identity(cfg: SampleSettings, path: str) -> str:
+    """The fingerprint of what generates: a local model's content, or a served model's server and name."""
+    if choose_backend(cfg) == "openai":
+        from stages.sample.openai import server_fingerprint
+
+        return server_fingerprint(cfg)
+    from pipeline.models import model_fingerprint
+
+    return model_fingerprint(path)
 
 
 class SampleStage(Stage):
@@ -35,16 +61,20 @@ class SampleStage(Stage):
     def __init__(self, cfg: SampleSettings, seed: int = 0, model_path: str | None = None, threads: int = 1,
                  model_fp: str | None = None) -> None:
         """``threads``: torch threads of this worker when ``cfg.threads`` is unset (the runner passes its CPUs);
-        ``model_path`` and ``model_fp``: the model as the driver resolved and fingerprinted it (default: here)."""
-        from pipeline.models import fingerprint, model_fingerprint, model_id_of, resolve_model
+        ``model_path`` and ``model_fp``: the model as the driver located and fingerprinted it (default: here)."""
+        from pipeline.models import fingerprint, model_id_of
 
         self.cfg = cfg
         self.seed = cfg.seed if cfg.seed is not None else seed
-        path = model_path or resolve_model(cfg.model)
-        model_fp = model_fp or model_fingerprint(path)
         self.model_id = model_id_of(cfg.model)
         backend = choose_backend(cfg)
-        if backend == "vllm":
+        path = model_path or locate_model(cfg)
+        model_fp = model_fp or model_identity(cfg, path)
+        if backend == "openai":
+            from stages.sample.openai import OpenAIBackend
+
+            self.backend = OpenAIBackend(cfg)
+        elif backend == "vllm":
             from stages.sample.vllm import VLLMBackend
 
             self.backend = VLLMBackend(cfg, path)
@@ -66,8 +96,6 @@ class SampleStage(Stage):
 
     @classmethod
     def prepare(cls, cfg: SampleConfig, upstream_dir: str, context) -> dict[str, Any]:
-        from pipeline.models import model_fingerprint, resolve_model
-
         if cfg.trust_remote_code:  # said on the driver too: worker logs are not shown by default
             log.warning("stages.sample.trust_remote_code is on: code shipped with model %s will run on every "
                         "sampling worker", cfg.model)
@@ -77,9 +105,9 @@ class SampleStage(Stage):
             check_gpus(cfg, context.num_gpus)
         # Build or locate the model once on the driver, so workers never race to build it, all load the same hub
         # commit, and none re-reads the weights to fingerprint them.
-        path = resolve_model(cfg.model)
+        path = locate_model(cfg, check=True)
         return {"seed": cfg.seed if cfg.seed is not None else context.seed, "model_path": path,
-                "model_fp": model_fingerprint(path), "threads": max(1, int(context.num_cpus))}
+                "model_fp": model_identity(cfg, path), "threads": max(1, int(context.num_cpus))}
 
     @classmethod
     def rows_per_input(cls, cfg: SampleConfig) -> int | None:
@@ -87,10 +115,8 @@ class SampleStage(Stage):
 
     @classmethod
     def fingerprint_extra(cls, cfg: SampleConfig) -> str:
-        """The model's content: new weights under the same name re-sample."""
-        from pipeline.models import model_fingerprint, resolve_model
-
-        return model_fingerprint(resolve_model(cfg.model))
+        """The model's content: new weights under the same name re-sample (a served model: its server and name)."""
+        return model_identity(cfg, locate_model(cfg))
 
     def __call__(self, batch: Batch) -> Batch:
         if self.cfg.rounds and C.SAMPLE_IDX not in batch:

@@ -28,7 +28,7 @@ def row_seed(seed: int, problem_id: str, sample_idx: int) -> int:
 
 
 class Backend(Protocol):
-    """A sampling engine: the hf and vllm backends, and anything a test puts in their place."""
+    """A sampling engine: the hf, vllm, linear and openai backends, and anything a test puts in their place."""
 
     def prompt_text(self, problem: str) -> str:
         """The exact prompt text the model is given for one problem."""
@@ -62,9 +62,12 @@ def eos_ids(tokenizer, model) -> list[int]:
     return sorted(set(ids))
 
 def choose_backend(cfg: Any) -> str:
-    """Resolve ``auto``: linear for a linear-world model, else vllm when a GPU and vllm are present, else hf."""
+    """Resolve ``auto``: openai when the config names a server, linear for a linear-world model, else vllm when a GPU
+    and vllm are present, else hf."""
     if cfg.backend != "auto":
         return cfg.backend
+    if getattr(cfg, "openai", None) is not None:
+        return "openai"
     import importlib.util
 
     from pipeline.linearworld import is_linear_model

@@ -223,7 +223,8 @@ class SamplingCache:
 
 def open_sampling_cache(cfg: Any, backend: str, model_path: str, model_fp: str | None = None) -> SamplingCache | None:
     """The sample stage's cache for this config and model, or None when ``cfg.cache_dir`` is unset (caching off).
-    ``model_fp``: the model's fingerprint when the caller has it (default: computed from ``model_path``)."""
+    ``model_fp``: the model's fingerprint when the caller has it (a served model's always; default: computed from
+    ``model_path``)."""
     if not getattr(cfg, "cache_dir", None):
         return None
     if model_fp is None:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.models import MODEL_FIELD
-from stages.base import OnRay, Resources, StageConfig
+from stages.base import Frozen, OnRay, Resources, StageConfig
 from stages.sample.adaptive import DecideConfig, check_rounds
 
 
@@ -31,6 +31,55 @@ def check_template(template: str) -> None:
                          "problem goes")
 
 
+class OpenAISettings(Frozen):
+    """The server behind ``backend: openai``: any OpenAI-compatible endpoint (``vllm serve``, SGLang, a hosted API).
+    The API key is read from the environment only, never from the config, and is never written anywhere."""
+
+    base_url: str = Field(
+        description="The server's OpenAI-compatible root, e.g. http://localhost:8000/v1 (vllm serve), "
+        "http://localhost:30000/v1 (SGLang) or https://api.openai.com/v1. `sample.model` is the served model name."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", min_length=1, description="Name of the environment variable that holds the API key (set "
+        "it on every Ray node; a local run inherits the driver's). Unset: a placeholder key is sent, as a local "
+        "server started without --api-key expects."
+    )
+    max_concurrent_requests: int = Field(
+        8, ge=1, description="Requests in flight per sampling worker; the server sees up to "
+        "resources.concurrency times this many."
+    )
+    max_retries: int = Field(
+        4, ge=0, description="Retries of a request after a 408/409/429/5xx answer or a connection error, with "
+        "exponential backoff (0.5 s doubling to 8 s, or the server's Retry-After). A request that still fails "
+        "becomes an error row with its reason."
+    )
+    timeout_s: float = Field(600.0, gt=0, description="Seconds one request may take before it is retried.")
+    send_seed: bool = Field(
+        True, description="Send each completion's row seed as `seed` (vLLM, SGLang and OpenAI accept it). Off for "
+        "a server that rejects it; completions are then not reproducible."
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="Extra JSON fields of every request, for server-specific options, e.g. "
+        "{top_k: 20} or vLLM's {add_special_tokens: false}."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL ending at the API root, e.g. http://localhost:8000/v1")
+        return url.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_config(cls, data: Any) -> Any:
+        # The value is never echoed: this check runs on the whole block, whose values errors do not print.
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError("api_key is never read from the config; remove it and export the key in the "
+                             f"environment variable named by api_key_env ({data.get('api_key_env', 'OPENAI_API_KEY')})")
+        return data
+
+
 class SampleSettings(StageConfig):
     """Sampling settings. The same settings drive every backend."""
 
@@ -38,13 +87,20 @@ class SampleSettings(StageConfig):
         "toy:strong",
         description="toy:NAME (the project's tiny model, built on first use), a local model directory, a hub id "
         "(org/name or org/name@revision; pinned to its commit before the run starts), or "
-        "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S).",
+        "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S). "
+        "backend openai: the name the server serves the model under.",
         json_schema_extra=MODEL_FIELD,
     )
-    backend: Literal["hf", "vllm", "auto", "linear"] = Field(
+    backend: Literal["hf", "vllm", "auto", "linear", "openai"] = Field(
         "hf", description="hf: transformers generate; vllm: vllm.LLM; linear: the linear world's labeller "
         "(`linear:rho=R[,sigma=S]` or a directory saved by the linear student; sigma applies at temperature > 0); "
-        "auto: linear for a linear model, else vllm when a GPU and vllm are present."
+        "openai: a running OpenAI-compatible server (see `openai`); "
+        "auto: openai when an `openai` block is given, linear for a linear model, else vllm when a GPU and vllm "
+        "are present, else hf."
+    )
+    openai: OpenAISettings | None = Field(
+        None, description="backend openai: the server (base URL, the environment variable with the key, "
+        "requests in flight, retries)."
     )
     k: int = Field(4, ge=1, description="Completions per problem (with rounds: the most a problem gets).")
     rounds: tuple[int, ...] | None = Field(
@@ -65,7 +121,10 @@ class SampleSettings(StageConfig):
         "other braces doubled, e.g. \\boxed{{}})."
     )
     system_prompt: str | None = Field(None, description="System message, when the chat template is used.")
-    chat_template: bool | None = Field(None, description="Apply the tokenizer's chat template (None: if it has one).")
+    chat_template: bool | None = Field(
+        None, description="Apply the tokenizer's chat template (None: if it has one). backend openai: the chat "
+        "endpoint, where the server applies the model's template, unless false (the prompt text to /v1/completions)."
+    )
     generate_batch_size: int = Field(256, ge=1, description="Sequences per generate call (hf backend).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Model weights dtype.")
     gguf_file: str | None = Field(None, description="GGUF file name inside the model directory, if it ships GGUF.")
@@ -101,6 +160,11 @@ class SampleSettings(StageConfig):
 
         if self.model.startswith(PREFIX) and self.backend not in ("linear", "auto"):
             raise ValueError(f"model {self.model} is a linear-world generator: set backend: linear")
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend openai needs the server: add openai: {base_url: http://HOST:PORT/v1}")
+        if self.openai is not None and self.backend not in ("openai", "auto"):
+            raise ValueError(f"an openai block is given but backend is {self.backend}; set backend: openai or "
+                             "remove the openai block")
         return self
 
 

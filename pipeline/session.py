@@ -114,7 +114,7 @@ def heldout_exclusions(result, with_training_set: bool = True) -> tuple[set[str]
         train = _training_rows(result)
         if C.PROBLEM_ID in train.column_names:
             ids |= set(train[C.PROBLEM_ID])
-        texts |= set(train["prompt"])
+        texts |= set(train[C.PROBLEM if C.PROBLEM in train.column_names else "prompt"])
     return ids, texts
 
 

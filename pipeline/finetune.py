@@ -201,7 +201,7 @@ def _rows_of(train_rows: Any) -> tuple[list[str], list[str]]:
     prompt_col = "problem" if "problem" in columns else "prompt" if "prompt" in columns else None
     if prompt_col is None or "completion" not in columns:
         raise FinetuneError(
-            f"finetune: training rows need 'problem' (or 'prompt') and 'completion' columns; got {sorted(columns)}"
+            f"finetune: training rows need 'prompt' (or 'problem') and 'completion' columns; got {sorted(columns)}"
         )
     problems, completions = get(prompt_col), get("completion")
     bad = [i for i, (p, c) in enumerate(zip(problems, completions)) if not isinstance(p, str) or not isinstance(c, str)]

@@ -111,6 +111,7 @@ def test_load_dataset_gives_train_test_and_a_pool_that_join_back_to_the_source(r
     # The test split: held-out problems, none of them in the pool, with prompts rendered the same way.
     assert 0 < len(test) <= 5 and not set(test["problem"]) & set(pool["problem"])
     assert test[0]["prompt"][0] == {"role": "system", "content": "Be brief."}
+    assert test.features == train.features and test[0]["completion"] is None and test[0]["lineage"] is None
     # save_to_disk copy for load_from_disk users and lessmore's own fine-tune.
     import datasets
 
@@ -298,10 +299,12 @@ def test_an_export_replaced_by_another_run_is_not_presented_as_this_runs(run, ex
     saved = tmp_path / "saved"
     shutil.copytree(export_dir, saved)
     try:
-        # Another run, with its own run directory and fewer kept rows, publishes to the same path.
+        # Another run (a copy of this one, so only its changed curation and its export run) publishes fewer rows
+        # to the same path.
         other = {**data, "name": "other", "stages": {**data["stages"], "curate": {**data["stages"]["curate"], "n": 1}}}
         other_cfg = with_export_overwrite(parse_config(other))
-        run_pipeline(other_cfg)
+        shutil.copytree(parse_config(data).resolved_run_dir, other_cfg.resolved_run_dir)
+        assert [r.status for r in run_pipeline(other_cfg).stages] == ["skipped"] * 4 + ["ran"] * 2
         assert json.loads((export_dir / "lessmore-export.json").read_text())["lessmore_export"]["run_dir"] == str(
             other_cfg.resolved_run_dir.resolve())
         # This run's export is up to date in its own directory, but the published copy is not its own any more:

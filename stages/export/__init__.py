@@ -166,7 +166,7 @@ class ExportStage(Stage):
         rows, dropped, seed = heldout_rows(self.cfg.test, context.seed, ids, texts)
         if dropped:
             log.info("export: test split drew %d held-out problems (seed %d), dropped %s", len(rows), seed, dropped)
-        return problem_rows(rows, fmt, _renderer(sample))
+        return problem_rows(rows, fmt, _renderer(sample), TRAIN_COLUMNS)
 
 
 def _target(cfg: ExportConfig, out_dir: str, output_root: str | None) -> Path:

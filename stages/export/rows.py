@@ -18,7 +18,6 @@ TRAIN_COLUMNS = (
 )
 # The pool adds the curation decision and what RL users filter on.
 POOL_COLUMNS = (*TRAIN_COLUMNS, C.KEPT, C.DROP_REASON, C.VERDICT_REASON, C.N_CORRECT, C.NUM_PROMPT_TOKENS, C.CACHED)
-TEST_COLUMNS = (C.PROBLEM, C.ANSWER, C.PROBLEM_ID, C.SOURCE, C.SOURCE_ID, C.LEVEL)
 FORMATS = ("standard", "conversational")
 
 Renderer = Callable[[str], tuple[str, "list[dict[str, str]] | None"]]
@@ -40,9 +39,12 @@ def prompt_value(fmt: str, prompt_text: str, messages: list[dict[str, str]] | No
     return messages if messages is not None else [{"role": "user", "content": prompt_text}]
 
 
-def completion_value(fmt: str, completion: str) -> Any:
-    """The ``completion`` column: the text (standard), or one assistant message (conversational)."""
-    return completion if fmt == "standard" else [{"role": "assistant", "content": completion}]
+def completion_value(fmt: str, completion: str | None) -> Any:
+    """The ``completion`` column: the text (standard), or one assistant message (conversational); None for a
+    held-out problem, which has none."""
+    if completion is None or fmt == "standard":
+        return completion
+    return [{"role": "assistant", "content": completion}]
 
 
 def lineage(row: dict[str, Any], verifier_version: str, rule: Any) -> str:
@@ -53,35 +55,33 @@ def lineage(row: dict[str, Any], verifier_version: str, rule: Any) -> str:
                      row.get(C.SAMPLE_IDX), row.get(C.VERIFIER), verifier_version, rule)
 
 
-def completion_rows(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...], verifier_version: str,
+def completion_rows(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...], verifier_version: str | None,
                     rule: Any):
-    """Sample-level rows (sorted by problem and sample) as a ``datasets.Dataset`` in format ``fmt``."""
+    """Rows (sorted by problem and sample) as a ``datasets.Dataset`` in format ``fmt``: prompt, completion,
+    prompt_text, then ``columns`` (null where a row lacks one, so every split of a config has one schema), then
+    lineage (null without a ``verifier_version``: a held-out problem was not made by sampling)."""
     rows = sorted(rows, key=lambda r: (r[C.PROBLEM_ID], r.get(C.SAMPLE_IDX) or 0))
     batch: dict[str, list[Any]] = {"prompt": [], "completion": [], C.PROMPT_TEXT: []}
     for row in rows:
         messages = json.loads(row[C.PROMPT_MESSAGES]) if row.get(C.PROMPT_MESSAGES) else None
         batch["prompt"].append(prompt_value(fmt, row[C.PROMPT_TEXT], messages))
-        batch["completion"].append(completion_value(fmt, row[C.COMPLETION]))
+        batch["completion"].append(completion_value(fmt, row.get(C.COMPLETION)))
         batch[C.PROMPT_TEXT].append(row[C.PROMPT_TEXT])
-    present = [c for c in columns if rows and c in rows[0]]
-    for c in present:
-        batch[c] = [r[c] for r in rows]
-    batch[C.LINEAGE] = [lineage(r, verifier_version, rule) for r in rows]
+    for c in columns:
+        batch[c] = [r.get(c) for r in rows]
+    batch[C.LINEAGE] = [None if verifier_version is None else lineage(r, verifier_version, rule) for r in rows]
     return _dataset(batch, fmt)
 
 
-def problem_rows(rows: list[dict[str, Any]], fmt: str, render: Renderer):
-    """Held-out problem rows as a ``datasets.Dataset``: the prompt as the sample stage would render it, no
-    completion (they are for evaluation)."""
-    rows = sorted(rows, key=lambda r: r[C.PROBLEM_ID])
-    batch: dict[str, list[Any]] = {"prompt": [], C.PROMPT_TEXT: []}
+def problem_rows(rows: list[dict[str, Any]], fmt: str, render: Renderer, columns: tuple[str, ...]):
+    """Held-out problem rows as a ``datasets.Dataset`` with the schema of the training rows: the prompt as the
+    sample stage would render it, no completion (they are for evaluation)."""
+    rendered = []
     for row in rows:
         text, messages = render(row[C.PROBLEM])
-        batch["prompt"].append(prompt_value(fmt, text, messages))
-        batch[C.PROMPT_TEXT].append(text)
-    for c in TEST_COLUMNS:
-        batch[c] = [r.get(c) for r in rows]
-    return _dataset(batch, fmt)
+        rendered.append({**row, C.PROMPT_TEXT: text,
+                         C.PROMPT_MESSAGES: None if messages is None else json.dumps(messages, ensure_ascii=False)})
+    return completion_rows(rendered, fmt, columns, None, None)
 
 
 def _dataset(batch: dict[str, list[Any]], fmt: str):

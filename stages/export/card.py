@@ -87,6 +87,8 @@ def build_card(*, name: str, license: str, fmt: str, config: dict[str, Any], cou
         "`prompt` is the exact text the model was given and `completion` the text it wrote: TRL's standard "
         "prompt-completion format."
     )
+    test_doc = (" The `test` split holds the held-out problems the run evaluates on (none of them in the pool), "
+                "with no completion." if "test" in splits else "")
     id_doc = f"the source's `{id_field}` field" if id_field else "the record's id or position in the source"
     body = f"""
 # {name}
@@ -124,9 +126,8 @@ system prompt and chat template applied), character for character.
 reference); `problem_id` (a hash of source and text), `source`, `source_id` ({id_doc}: join rows back to the source
 on it); `extracted` and `correct` (the verifier's verdict), `pass_rate` with its interval `ci_low`..`ci_high` over
 `n_samples` samples of `model_id`; `rule` and `keep_reason`; `lineage` (a hash of problem, model and sampling
-settings, seed, sample index, verifier and its version, and rule: rows made the same way share it). The `pool`
-config adds `kept`, `drop_reason`, `verdict_reason` and `n_correct`. The `test` split holds held-out problems
-(decontaminated against the pool) and no completions.
+settings, seed, sample index, verifier and its version, and rule: a change to any of them shows row by row). The
+`pool` config adds `kept`, `drop_reason`, `verdict_reason` and `n_correct`.{test_doc}
 
 ## Resolved config
 

@@ -185,7 +185,20 @@ def parse_config(data: Any) -> RunConfig:
         raise ConfigError("\n".join(error_lines(e, (), RunConfig))) from None
     check_output_paths(cfg)
     check_budget(cfg)
-    return cfg
+    return _export_test_split(cfg)
+
+
+def _export_test_split(cfg: RunConfig) -> RunConfig:
+    """A run that evaluates exports its held-out problems as the `test` split: ``stages.export.test`` is
+    ``evaluate.heldout`` (one given differently is an error: the split would not be what the run evaluates on)."""
+    export = cfg.stage("export")
+    if cfg.evaluate is None or export is None:
+        return cfg
+    if export.test is not None and export.test != cfg.evaluate.heldout:
+        raise ConfigError("stages.export.test: differs from evaluate.heldout; the test split holds the problems the "
+                          "run evaluates on, so remove stages.export.test (or make it the same)")
+    export = export.model_copy(update={"test": cfg.evaluate.heldout})
+    return cfg.model_copy(update={"stages": tuple((n, export if n == "export" else c) for n, c in cfg.stages)})
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -31,11 +31,9 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.models import MODEL_FIELD
 from stages.base import Frozen
-from stages.source import SourceConfig, refuse_keys
+from stages.source import HELDOUT_SEED_OFFSET, SourceConfig, heldout_rows, refuse_keys
 from stages.verify import VerifySettings
 
-# Added to the run seed to draw generated held-out problems, so they never share the pool's seed by default.
-HELDOUT_SEED_OFFSET = 1_000_003
 OVERALL = "overall"
 
 
@@ -149,11 +147,6 @@ def bootstrap_ci(values, resamples: int, confidence: float, rng) -> tuple[float,
 # -- held-out problems ---------------------------------------------------------------------------------------------
 
 
-def normalize_text(text: str) -> str:
-    """The text used for decontamination: case-folded, whitespace collapsed."""
-    return " ".join(str(text).split()).casefold()
-
-
 @dataclass
 class HeldOut:
     """Held-out problem rows and what was dropped on the way (reason -> count)."""
@@ -167,32 +160,13 @@ def heldout_problems(
     cfg: EvaluateConfig, run_seed: int, exclude_ids=(), exclude_texts=(),
 ) -> HeldOut:
     """Read the held-out source and drop rejected rows and rows that overlap ``exclude_ids`` / ``exclude_texts``."""
-    from pipeline import columns as C
-    from stages.source import SourceStage
-
-    seed = cfg.heldout.seed if cfg.heldout.seed is not None else run_seed + HELDOUT_SEED_OFFSET
-    source = SourceStage(cfg.heldout.model_copy(update={"seed": seed, "split": "heldout"}), seed=seed)
-    ids = set(exclude_ids) if cfg.decontaminate else set()
-    texts = {normalize_text(t) for t in exclude_texts} if cfg.decontaminate else set()
-    rows, dropped = [], Counter()
-    for batch in source.read():
-        for i in range(len(batch[C.PROBLEM_ID])):
-            row = {k: v[i] for k, v in batch.items()}
-            reason = row.pop(C.REJECT_REASON)
-            if reason:
-                dropped[f"rejected: {reason}"] += 1
-            elif row[C.PROBLEM_ID] in ids:
-                dropped["overlap: same problem_id as the pool or training set"] += 1
-            elif normalize_text(row[C.PROBLEM]) in texts:
-                dropped["overlap: same text as the pool or training set"] += 1
-            else:
-                rows.append(row)
+    rows, dropped, seed = heldout_rows(cfg.heldout, run_seed, exclude_ids, exclude_texts, cfg.decontaminate)
     if not rows:
         raise EvaluateError(
             "evaluate: no held-out problems left after decontamination "
             f"(dropped: {dict(dropped)}); point evaluate.heldout at other problems or another seed"
         )
-    return HeldOut(rows, dict(dropped), seed)
+    return HeldOut(rows, dropped, seed)
 
 
 # -- generation and scoring ----------------------------------------------------------------------------------------

@@ -201,7 +201,9 @@ def _rows_of(train_rows: Any) -> tuple[list[str], list[str]]:
     else:
         columns = set(train_rows.column_names)
         get = lambda name: list(train_rows[name])  # noqa: E731
-    prompt_col = "prompt" if "prompt" in columns else "problem" if "problem" in columns else None
+    # An export's `prompt` is already rendered (or chat messages); the problem is re-rendered with the student's
+    # tokenizer, so `problem` wins where a row has both.
+    prompt_col = "problem" if "problem" in columns else "prompt" if "prompt" in columns else None
     if prompt_col is None or "completion" not in columns:
         raise FinetuneError(
             f"finetune: training rows need 'prompt' (or 'problem') and 'completion' columns; got {sorted(columns)}"

@@ -142,11 +142,18 @@ class Runner:
             stage = stage_class(name)
             out_dir = self.run_dir / f"{idx:02d}_{name}"
             fp = stage_fingerprint(upstream_fp, name, scfg)
-            if io.marker_matches(out_dir, fp):
+            done = io.marker_matches(out_dir, fp)
+            stale = stage.outputs_stand(scfg, str(out_dir), self.cfg.output_root) if done else None
+            if done and stale is None:
                 res = StageResult(**{**io.read_marker(out_dir)["result"], "status": "skipped", "seconds": 0.0})
                 self.console.print(f"[dim]{out_dir.name}: up to date, skipped[/]")
             else:
-                res = self._run_stage(stage, scfg, out_dir, upstream_dir, fp)
+                if stale is not None:
+                    self.console.print(f"[yellow]{out_dir.name}: {stale}; running it again[/]")
+                context = self.context.model_copy(
+                    update={"fingerprint": fp, "stage_dirs": tuple(str(self.run_dir / f"{i:02d}_{n}")
+                                                                   for i, (n, _) in enumerate(self.cfg.stages[:idx]))})
+                res = self._run_stage(stage, scfg, out_dir, upstream_dir, fp, context)
             results.append(res)
             upstream_fp, upstream_dir = fp, str(out_dir)
         self._write_stats(results)
@@ -155,7 +162,8 @@ class Runner:
             outputs.update(r.extra.get("outputs", {}))
         return RunResult(self.run_dir, results, outputs)
 
-    def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str) -> StageResult:
+    def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str,
+                   context: RunContext) -> StageResult:
         started = out_dir / STARTED
         resumable = stage.kind == "map" and started.is_file() and started.read_text().strip() == fp
         if not resumable:
@@ -172,11 +180,11 @@ class Runner:
             self._run_source(stage, scfg, out_dir)
         elif stage.kind == "sink":
             # Sinks may publish outside their stage directory, but only inside output_root (they check it).
-            extra = stage(scfg, output_root=self.cfg.output_root).write(upstream_dir, str(out_dir), self.context) or {}
+            extra = stage(scfg, output_root=self.cfg.output_root).write(upstream_dir, str(out_dir), context) or {}
         else:
             self._ensure_ray()
             res = scfg.resources
-            context = self.context.model_copy(update={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus})
+            context = context.model_copy(update={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus})
             prepared = stage.prepare(scfg, upstream_dir, context)
             extra = self._run_distributed(stage, scfg, prepared, out_dir, upstream_dir)
         seconds = time.perf_counter() - t0

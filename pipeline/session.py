@@ -34,8 +34,8 @@ def run_all(cfg: RunConfig, console=None) -> int:
                       "-" if r.kept is None else str(r.kept), str(sum(r.dropped.values())) if r.dropped else "-",
                       f"{r.seconds:.1f}")
     console.print(table)
-    if "dataset" in result.outputs:
-        print(f"dataset: {result.outputs['dataset']}")
+    if "export" in result.outputs:  # the Hub layout: datasets.load_dataset(path) reads it
+        print(f"dataset: {result.outputs['export']}")
     from pipeline.evaluate import EvaluateError
     from pipeline.finetune import FinetuneError
 
@@ -114,7 +114,7 @@ def heldout_exclusions(result, with_training_set: bool = True) -> tuple[set[str]
         train = _training_rows(result)
         if C.PROBLEM_ID in train.column_names:
             ids |= set(train[C.PROBLEM_ID])
-        texts |= set(train["prompt"])
+        texts |= set(train[C.PROBLEM if C.PROBLEM in train.column_names else "prompt"])
     return ids, texts
 
 

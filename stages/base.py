@@ -93,6 +93,13 @@ class Stage:
         return ""
 
     @classmethod
+    def outputs_stand(cls, cfg: StageConfig, out_dir: str, output_root: str) -> str | None:
+        """Asked before the runner skips a finished stage: why what it wrote no longer stands (None: it does). A
+        stage that publishes outside its directory checks that the copy there is still its own; a reason makes
+        the runner run the stage again."""
+        return None
+
+    @classmethod
     def code_sources(cls) -> tuple[Any, ...]:
         """The code behind this stage's output, for its fingerprint: modules, files or package directories. By
         default the stage's own module, or its whole package when the stage is a package."""
@@ -109,6 +116,10 @@ class RunContext(Frozen):
     model_id: str | None = None
     num_cpus: float = Field(1.0, description="CPUs each worker of the stage being prepared reserves.")
     num_gpus: float = Field(0.0, description="GPUs each worker of the stage being prepared reserves.")
+    fingerprint: str = Field("", description="Fingerprint of the stage being run (a sink stamps what it publishes).")
+    stage_dirs: tuple[str, ...] = Field(
+        (), description="Output directories of the stages before this one, in run order (the first: the problem pool)."
+    )
 
 
 def batch_len(batch: Batch) -> int:

@@ -16,6 +16,9 @@ from pipeline import columns as C
 from stages.base import Batch, Frozen, Stage, StageConfig
 
 _GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
+_OWN_ID = "__source_id__"  # a generator's own id for a record (the GSM8K index), where it has one
+# Added to the run seed to draw generated held-out problems, so they never share the pool's seed by default.
+HELDOUT_SEED_OFFSET = 1_000_003
 
 
 class LinearOracle(Frozen):
@@ -73,6 +76,11 @@ class SourceConfig(StageConfig):
     problem_field: str = Field("problem", description="Field holding the problem text in file/hub rows.")
     answer_field: str = Field("answer", description="Field holding the reference answer in file/hub rows.")
     level_field: str | None = Field(None, description="Field holding a difficulty level, if the data has one.")
+    id_field: str | None = Field(
+        None, description="Field holding each record's own id in the source dataset (e.g. 'id', 'idx'); it is "
+        "carried through every stage as `source_id` and exported, so rows join back to the source. None: the "
+        "record's position in the source (0-based, after any `n` limit); gsm8k_offline: the GSM8K index."
+    )
     answer_format: Literal["plain", "gsm8k"] = Field(
         "plain", description="gsm8k: the reference is the text after '####' (as in GSM8K solutions)."
     )
@@ -98,6 +106,9 @@ class SourceConfig(StageConfig):
             check_request(self.n, self.levels)
         if self.kind == "linear" and self.dim is None:
             raise ValueError("dim (the feature dimension d) is required when kind is 'linear', e.g. dim: 100")
+        if self.id_field and self.kind not in ("jsonl", "parquet", "disk", "hub"):
+            raise ValueError(f"id_field: a {self.kind!r} source has no fields; its records are identified by "
+                             "their position (or the GSM8K index); remove id_field")
         if self.oracle is not None:
             self.oracle.geometry()  # rho_g needs its generator here: a source answers with one oracle
         given = [k for k in ("dim", "oracle") if getattr(self, k) is not None]
@@ -114,6 +125,40 @@ def refuse_keys(block: SourceConfig, keys: tuple[str, ...], why: str) -> SourceC
     if given:
         raise ValueError(f"{', '.join(given)}: {why}; remove it")
     return block
+
+
+def normalize_text(text: str) -> str:
+    """The text used for decontamination: case-folded, whitespace collapsed."""
+    return " ".join(str(text).split()).casefold()
+
+
+def heldout_rows(
+    cfg: SourceConfig, run_seed: int, exclude_ids=(), exclude_texts=(), decontaminate: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, int], int]:
+    """Held-out problem rows (split 'heldout') from ``cfg``, drawn with its seed (default: run seed +
+    ``HELDOUT_SEED_OFFSET``), without rejected rows and, when ``decontaminate``, without rows whose id or normalized
+    text is in ``exclude_ids`` / ``exclude_texts``. Returns (rows, dropped reason -> count, seed). The evaluation and
+    the export's `test` split both draw their problems here, so they are the same problems."""
+    from collections import Counter
+
+    seed = cfg.seed if cfg.seed is not None else run_seed + HELDOUT_SEED_OFFSET
+    source = SourceStage(cfg.model_copy(update={"seed": seed, "split": "heldout"}), seed=seed)
+    ids = set(exclude_ids) if decontaminate else set()
+    texts = {normalize_text(t) for t in exclude_texts} if decontaminate else set()
+    rows, dropped = [], Counter()
+    for batch in source.read():
+        for i in range(len(batch[C.PROBLEM_ID])):
+            row = {k: v[i] for k, v in batch.items()}
+            reason = row.pop(C.REJECT_REASON)
+            if reason:
+                dropped[f"rejected: {reason}"] += 1
+            elif row[C.PROBLEM_ID] in ids:
+                dropped["overlap: same problem_id as the pool or training set"] += 1
+            elif normalize_text(row[C.PROBLEM]) in texts:
+                dropped["overlap: same text as the pool or training set"] += 1
+            else:
+                rows.append(row)
+    return rows, dict(dropped), seed
 
 
 def problem_id(source: str, problem: str) -> str:
@@ -152,8 +197,9 @@ def _not_a_number_answer(answer: Any) -> bool:
     return False
 
 
-def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str) -> dict[str, Any]:
-    """One raw record -> a problem row, or a row with ``reject_reason`` set (never dropped)."""
+def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str, position: int = 0) -> dict[str, Any]:
+    """One raw record (the ``position``-th of its source) -> a problem row, or a row with ``reject_reason`` set
+    (never dropped)."""
     problem = raw.get(cfg.problem_field)
     answer = raw.get(cfg.answer_field)
     reason = None
@@ -189,6 +235,12 @@ def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str) -> dict[s
             level = None
     text = problem if isinstance(problem, str) else json.dumps(problem, default=str)[:1000]
     metadata = raw.get(C.METADATA)
+    if cfg.id_field:
+        own_id = raw.get(cfg.id_field)
+    else:  # only the generator itself names its records; a field of that name in user data is just data
+        own_id = raw.get(_OWN_ID) if cfg.kind == "gsm8k_offline" else position
+    if own_id is None and reason is None:
+        reason = f"missing field {cfg.id_field!r}"
     return {
         C.PROBLEM_ID: problem_id(source, text),
         C.PROBLEM: text,
@@ -197,6 +249,7 @@ def normalize_row(raw: dict[str, Any], cfg: SourceConfig, source: str) -> dict[s
         C.LEVEL: level,
         C.SPLIT: cfg.split,
         C.METADATA: metadata if isinstance(metadata, str) or metadata is None else json.dumps(metadata, default=str),
+        C.SOURCE_ID: None if own_id is None else str(own_id),
         C.REJECT_REASON: reason,
     }
 
@@ -286,14 +339,14 @@ class SourceStage(Stage):
         source = self.source_name()
         seen: set[str] = set()
         rows: list[dict[str, Any]] = []
-        for raw in self.records():
+        for position, raw in enumerate(self.records()):
             if isinstance(raw, Unreadable):
-                row = _rejected(raw.text, raw.reason, source, self.cfg)
+                row = _rejected(raw.text, raw.reason, source, self.cfg, position)
             elif isinstance(raw, dict):
-                row = normalize_row(raw, self.cfg, source)
+                row = normalize_row(raw, self.cfg, source, position)
             else:
                 row = _rejected(json.dumps(raw, default=str)[:1000], f"record is {type(raw).__name__}, expected an "
-                                "object", source, self.cfg)
+                                "object", source, self.cfg, position)
             if row[C.REJECT_REASON] is None:
                 if row[C.PROBLEM_ID] in seen:
                     row[C.REJECT_REASON] = "duplicate problem (same source and text)"
@@ -311,10 +364,10 @@ def _to_batch(rows: list[dict[str, Any]]) -> Batch:
     return {c: [r.get(c) for r in rows] for c in names}
 
 
-def _rejected(text: str, reason: str, source: str, cfg: SourceConfig) -> dict[str, Any]:
+def _rejected(text: str, reason: str, source: str, cfg: SourceConfig, position: int) -> dict[str, Any]:
     return {
         C.PROBLEM_ID: problem_id(source, text), C.PROBLEM: text, C.ANSWER: None, C.SOURCE: source,
-        C.LEVEL: None, C.SPLIT: cfg.split, C.METADATA: None, C.REJECT_REASON: reason,
+        C.LEVEL: None, C.SPLIT: cfg.split, C.METADATA: None, C.SOURCE_ID: str(position), C.REJECT_REASON: reason,
     }
 
 
@@ -332,7 +385,7 @@ def _gsm8k_offline_records(limit: int | None) -> Iterator[dict[str, Any]]:
             return
         m = _GSM8K_ANSWER.search(q.answer)
         yield {"problem": q.question.strip(), "answer": m.group(1).replace(",", "").strip() if m else None,
-               "metadata": json.dumps({"gsm8k_index": q.id_orig, "solution": q.answer.strip()})}
+               "metadata": json.dumps({"gsm8k_index": q.id_orig, "solution": q.answer.strip()}), _OWN_ID: q.id_orig}
 
 
 def _read_jsonl(path: str, limit: int | None) -> Iterator[Any]:

@@ -74,6 +74,9 @@ class _FakeBackend:
     def prompt_text(self, problem):
         return problem
 
+    def prompt_messages(self, problem):
+        return None
+
     def generate(self, prompts, seeds):
         from stages.sample.backend import Generation
 

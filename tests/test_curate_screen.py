@@ -20,6 +20,9 @@ class _Solver:
     def prompt_text(self, problem):
         return problem
 
+    def prompt_messages(self, problem):
+        return None
+
     def generate(self, prompts, seeds):
         return [[Generation(f"\\boxed{{{1 if 'easy' in p else 2}}}", "stop", 2, 3) for _ in s] for p, s in zip(prompts, seeds)]
 

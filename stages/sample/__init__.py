@@ -7,6 +7,7 @@ client), ``cache`` (the generation cache), ``adaptive`` (adaptive k)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -126,6 +127,9 @@ class SampleStage(Stage):
         n = batch_len(batch)
         t0 = time.perf_counter()
         prompts = [self.backend.prompt_text(p) for p in batch[C.PROBLEM]]
+        messages = [self.backend.prompt_messages(p) for p in batch[C.PROBLEM]]
+        # Kept in the rows so the export publishes what the model saw, character for character.
+        messages = [None if m is None else json.dumps(m, ensure_ascii=False) for m in messages]
         sample_ids = batch.get(C.SAMPLE_IDX)  # present when a round asks for specific indices
         wanted = [
             list(sample_ids[i]) if sample_ids is not None else list(range(self.cfg.k)) for i in range(n)
@@ -153,5 +157,7 @@ class SampleStage(Stage):
                 out[C.SEED].append(seed)
                 out[C.ERROR].append(g.error)
                 out[C.CACHED].append(g.cached)
+                out[C.PROMPT_TEXT].append(prompts[i])
+                out[C.PROMPT_MESSAGES].append(messages[i])
         log.debug("sampled %d rows in %.2fs", len(out[C.SAMPLE_IDX]), time.perf_counter() - t0)
         return out

@@ -33,20 +33,31 @@ class Backend(Protocol):
     def prompt_text(self, problem: str) -> str:
         """The exact prompt text the model is given for one problem."""
 
+    def prompt_messages(self, problem: str) -> list[dict[str, str]] | None:
+        """The chat messages rendered into ``prompt_text`` (None when no chat template is applied)."""
+
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Generation]]:
         """One Generation per seed: ``seeds[i]`` holds one seed per wanted completion of ``prompts[i]``."""
+
+
+def prompt_messages(cfg: Any, tokenizer: Any, problem: str) -> list[dict[str, str]] | None:
+    """The chat messages of one problem's prompt (the system prompt, then the template filled with the problem), or
+    None when the chat template is not used (it is when ``cfg.chat_template`` says so, or, unset, when the tokenizer
+    has one)."""
+    use_chat = cfg.chat_template if cfg.chat_template is not None else bool(getattr(tokenizer, "chat_template", None))
+    if not use_chat:
+        return None
+    return ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+        {"role": "user", "content": cfg.prompt_template.format(problem=problem)}
+    ]
 
 
 def render_prompt(cfg: Any, tokenizer: Any, problem: str) -> str:
     """The prompt for one problem: the template, then the chat template with the system prompt when one is used.
     Every backend renders prompts through this function, so prompts agree across backends."""
-    user = cfg.prompt_template.format(problem=problem)
-    use_chat = cfg.chat_template if cfg.chat_template is not None else bool(getattr(tokenizer, "chat_template", None))
-    if not use_chat:
-        return user
-    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
-        {"role": "user", "content": user}
-    ]
+    messages = prompt_messages(cfg, tokenizer, problem)
+    if messages is None:
+        return cfg.prompt_template.format(problem=problem)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.sample.backend import Generation, eos_ids, render_prompt
+from stages.sample.backend import Generation, eos_ids, prompt_messages, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ class HFBackend:
     def prompt_text(self, problem: str) -> str:
         """The prompt for one problem (template, system prompt, chat template)."""
         return render_prompt(self.cfg, self.tokenizer, problem)
+
+    def prompt_messages(self, problem: str) -> list[dict[str, str]] | None:
+        """The chat messages behind ``prompt_text`` (None without the chat template)."""
+        return prompt_messages(self.cfg, self.tokenizer, problem)
 
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Generation]]:
         """``seeds[i]`` holds one seed per wanted completion of ``prompts[i]``."""

@@ -25,6 +25,10 @@ class LinearBackend:
         """The problem text itself: it names the feature vector."""
         return problem
 
+    def prompt_messages(self, problem: str) -> None:
+        """No chat: the model reads the problem text itself."""
+        return None
+
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Generation]]:
         """One labelled completion per seed of each prompt."""
         import numpy as np

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Any
 
-from stages.sample.backend import Generation, render_prompt
+from stages.sample.backend import Generation, prompt_messages, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ class VLLMBackend:
     def prompt_text(self, problem: str) -> str:
         """The prompt for one problem, rendered as the hf backend renders it (template, system prompt, chat)."""
         return render_prompt(self.cfg, self.tokenizer, problem)
+
+    def prompt_messages(self, problem: str) -> list[dict[str, str]] | None:
+        """The chat messages behind ``prompt_text`` (None without the chat template)."""
+        return prompt_messages(self.cfg, self.tokenizer, problem)
 
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Generation]]:
         """``seeds[i]`` holds one seed per wanted completion of ``prompts[i]``; one request per completion."""

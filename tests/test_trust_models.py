@@ -272,7 +272,7 @@ def test_the_exported_dataset_says_which_completions_came_from_the_cache(tmp_pat
     upstream = tmp_path / "04_curate"
     io.write_part(io.to_arrow({
         C.PROBLEM_ID: ["a", "b", "c"], C.PROBLEM: ["1+1", "2+2", "3+3"], C.COMPLETION: ["2", "4", "6"],
-        C.KEPT: [True, True, False], C.CACHED: [True, False, True],
+        C.KEPT: [True, True, False], C.CACHED: [True, False, True], C.PROMPT_TEXT: ["1+1", "2+2", "3+3"],
     }), upstream)
     out = tmp_path / "05_export"
     written = ExportStage(ExportConfig()).write(str(upstream), str(out), RunContext(run_dir=str(tmp_path)))

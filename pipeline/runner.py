@@ -178,8 +178,14 @@ class Runner:
             else:
                 self.console.print(f"[dim]{out_dir.name}: up to date, skipped[/]")
                 return res
-        self.console.print(f"[yellow]{out_dir.name}[/]: {problem}; running the stage again")
+        self._notice(out_dir, f"{problem}; running the stage again")
         return None
+
+    def _notice(self, out_dir: Path, text: str) -> None:
+        """One line about a stage (never wrapped: it may name long paths)."""
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]{out_dir.name}[/]: {escape(text)}", soft_wrap=True, highlight=False)
 
     def _repair(self, stage: type[Stage], out_dir: Path) -> None:
         """Before resuming: drop part files that cannot be read (their rows are redone) and rows written twice (by a
@@ -193,8 +199,8 @@ class Runner:
             written = set(zip(*(t[c].to_pylist() for c in stage.input_key)))
             dropped += io.drop_duplicate_rows(rejects, stage.input_key, seen=written)
         if damaged or dropped:
-            self.console.print(f"[yellow]{out_dir.name}[/]: dropped {dropped} duplicate row(s) and "
-                               f"{len(damaged)} unreadable part file(s) left by an earlier run")
+            self._notice(out_dir, f"dropped {dropped} duplicate row(s) and {len(damaged)} unreadable part file(s) "
+                                  "left by an earlier run")
 
     def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str, input_digest: str,
                    fresh: bool = False) -> StageResult:
@@ -230,7 +236,7 @@ class Runner:
         except CountMismatch as e:
             if not resumable:
                 raise
-            self.console.print(f"[yellow]{out_dir.name}[/]: {e} after resuming; running the stage again from the start")
+            self._notice(out_dir, f"{e} after resuming; running the stage again from the start")
             return self._run_stage(stage, scfg, out_dir, upstream_dir, fp, input_digest, fresh=True)
         io.write_marker(out_dir, fp, result=res.__dict__, files=io.describe_files(out_dir),
                         rejects=io.describe_files(self._rejects_dir(out_dir)), input=input_digest)

@@ -266,7 +266,7 @@ def test_duplicate_rows_left_by_two_runs_are_repaired_on_resume(tmp_path, ray_lo
         shutil.copy(part, dedup_dir / f"part-copy{part.name[5:]}")
     fingerprint = json.loads((dedup_dir / io.MARKER).read_text())["fingerprint"]
     (dedup_dir / io.MARKER).unlink()
-    (dedup_dir / io.STARTED).write_text(fingerprint)
+    (dedup_dir / "_STARTED").write_text(fingerprint)
     capsys.readouterr()
     again = run(cfg)
     assert again.stages[1].status == "resumed"

@@ -202,8 +202,9 @@ class Runner:
             self._notice(out_dir, f"dropped {dropped} duplicate row(s) and {len(damaged)} unreadable part file(s) "
                                   "left by an earlier run")
 
-    def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str, input_digest: str,
+    def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str, input_digest: str = "",
                    fresh: bool = False) -> StageResult:
+        """Run (or resume) one stage into ``out_dir`` and mark it done; ``input_digest`` names what it read."""
         started = out_dir / STARTED
         resumable = (not fresh and stage.kind == "map" and started.is_file() and not started.is_symlink()
                      and started.read_text().strip() == fp)

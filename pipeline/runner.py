@@ -207,7 +207,7 @@ class Runner:
         """Run (or resume) one stage into ``out_dir`` and mark it done; ``input_digest`` names what it read."""
         started = out_dir / STARTED
         resumable = (not fresh and stage.kind == "map" and started.is_file() and not started.is_symlink()
-                     and started.read_text().strip() == fp)
+                     and started.read_text(errors="replace").strip() == fp)
         if resumable:
             self._repair(stage, out_dir)
         else:

@@ -288,3 +288,20 @@ def test_a_stage_whose_input_was_rewritten_runs_again(tmp_path, ray_local, capsy
     assert [r.status for r in again.stages] == ["ran", "ran"]
     assert "01_dedup: its input changed since it ran" in capsys.readouterr().err
     assert io.count_rows(cfg.resolved_run_dir / "01_dedup") == again.stages[1].rows_out
+
+
+def test_a_sweep_whose_pool_is_in_use_gets_one_line_and_exit_2(tmp_path, capsys):
+    from pipeline.rundir import claim
+    from pipeline.sweep.config import load_sweep_config
+    from pipeline.sweep.pool import pool_run_config
+
+    args = ["sweep", str(ROOT / "configs" / "phase_smoke.yaml"), "--set", f"output_root={tmp_path}"]
+    cfg = load_sweep_config(args[1], args[3:])
+    pool_dir = pool_run_config(cfg, next(iter(cfg.pool.generators))).resolved_run_dir
+    with claim(pool_dir):  # another run holds the pool: this test's process
+        held = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": ""})
+    assert held.returncode == 2, held.stderr[-2000:]
+    assert "Traceback" not in held.stderr
+    [line] = [line for line in error_lines(held.stderr) if line.startswith("error: ")]
+    assert "in use" in line and f"pid {os.getpid()}" in line

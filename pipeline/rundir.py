@@ -20,7 +20,7 @@ STAMP = "_LESSMORE"  # written once, into a directory lessmore created or found 
 LOCK = "_LOCK"  # the OS lock; it is released when its holder exits, however it exits
 HOLDER = "_LOCK.json"  # who holds the lock: pid, host, start time
 # What lessmore writes at the top of a run directory (besides its stage directories NN_<stage>).
-RUN_FILES = {"config.yaml", "stats.json", "rejects", "finetune", "evaluate", STAMP, LOCK, HOLDER}
+RUN_FILES = {"config.yaml", "stats.json", "rejects", "curation_report", "finetune", "evaluate", STAMP, LOCK, HOLDER}
 _STAGE_DIR = re.compile(rf"^\d\d_({'|'.join(map(re.escape, STAGES))})$")
 
 

@@ -126,6 +126,8 @@ def read_problem_table(directory: str | os.PathLike, columns: tuple[str, ...]):
 # -- fingerprints and completion markers ---------------------------------------------------------------------------
 
 MARKER = "_SUCCESS"
+# Written when a stage starts (its fingerprint) and removed when it finishes: a half-done map stage resumes.
+STARTED = "_STARTED"
 
 
 def digest(*parts: object, length: int = 20) -> str:
@@ -166,7 +168,101 @@ def marker_matches(directory: str | os.PathLike, fingerprint: str) -> bool:
 
 def write_marker(directory: str | os.PathLike, fingerprint: str, **payload: Any) -> None:
     """Mark a directory finished (atomically: a killed write leaves the old marker or none, never half a file)."""
-    directory = Path(directory)
-    tmp = directory / f".{MARKER}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, **payload}, indent=1, default=str))
-    os.replace(tmp, directory / MARKER)
+    write_text_atomic(Path(directory) / MARKER, json.dumps({"fingerprint": fingerprint, **payload}, indent=1, default=str))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file through a temp name and a rename: a killed write leaves the old file or none, never half."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def describe_files(directory: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """Every finished file below a directory (relative path -> bytes, and rows for part files), for its marker.
+    Markers and temp files (dot names) are left out."""
+    import pyarrow.parquet as pq
+
+    d = Path(directory)
+    if not d.is_dir():
+        return {}
+    parts = set(part_files(d))
+    out: dict[str, dict[str, int]] = {}
+    for path in sorted(d.rglob("*")):
+        rel = path.relative_to(d)
+        if not path.is_file() or path.name in (MARKER, STARTED) or any(p.startswith(".") for p in rel.parts):
+            continue
+        out[rel.as_posix()] = {"bytes": path.stat().st_size}
+        if path in parts:
+            out[rel.as_posix()]["rows"] = pq.ParquetFile(path).metadata.num_rows
+    return out
+
+
+def files_problem(directory: str | os.PathLike, listed: Any) -> str | None:
+    """Why a directory no longer holds what its marker listed (``describe_files``), or None when it does: a listed
+    file missing, of another size or row count, or unreadable, or a part file the marker does not list."""
+    import pyarrow.parquet as pq
+
+    d = Path(directory)
+    if not isinstance(listed, dict) or not all(isinstance(v, dict) for v in listed.values()):
+        return "its file list is garbled"
+    for rel, want in listed.items():
+        path = d / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            return f"{rel} has {size} bytes, the marker says {want.get('bytes')}"
+        if "rows" in want:
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except Exception:  # noqa: BLE001 - any unreadable file is damage, whatever pyarrow raises
+                return f"{rel} cannot be read"
+            if rows != want["rows"]:
+                return f"{rel} has {rows} rows, the marker says {want['rows']}"
+    extra = [p.name for p in part_files(d) if p.name not in listed]
+    if extra:
+        return f"{extra[0]} is not one of its part files" + (f" (nor {len(extra) - 1} more)" if len(extra) > 1 else "")
+    return None
+
+
+def drop_damaged_parts(directory: str | os.PathLike) -> list[str]:
+    """Remove part files whose footer cannot be read (truncated or garbled); returns their names."""
+    import pyarrow.parquet as pq
+
+    removed = []
+    for path in part_files(directory):
+        try:
+            pq.ParquetFile(path).metadata
+        except Exception:  # noqa: BLE001 - any unreadable file is damage, whatever pyarrow raises
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def drop_duplicate_rows(directory: str | os.PathLike, key: list[str] | tuple[str, ...], seen: set | None = None) -> int:
+    """Keep the first row of each ``key`` (in part-file order, after the keys in ``seen``); returns the rows dropped.
+    A part file that loses rows is rewritten before the old one is removed: a crash in between leaves duplicates that
+    the next call drops, never fewer rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seen = set() if seen is None else set(seen)
+    dropped = 0
+    for path in part_files(directory):
+        keys = pq.read_table(path, columns=list(key))
+        mask = []
+        for k in zip(*(keys[c].to_pylist() for c in key)):
+            mask.append(k not in seen)
+            seen.add(k)
+        if all(mask):
+            continue
+        dropped += mask.count(False)
+        if any(mask):
+            write_part(pq.read_table(path).filter(pa.array(mask)), directory)
+        path.unlink()
+    return dropped

@@ -1,6 +1,9 @@
 """The runner: runs a config's stages through Ray Data. Each stage's output lands in run_dir/NN_<stage>/ as parquet
-parts, with a ``_SUCCESS`` marker holding its fingerprint and counts. A rerun skips stages whose fingerprint matches
-and resumes a half-done map stage from the parts already written (input rows whose outputs exist are skipped).
+parts, with a ``_SUCCESS`` marker holding its fingerprint, counts, and the files it wrote (sizes, rows). A rerun skips a
+stage whose marker has its fingerprint and still describes the files on disk and the input they came from (anything
+else runs it again, saying why), and resumes a half-done map stage from the parts already written (input rows whose
+outputs exist are skipped; duplicate rows that a crash left are dropped first). One run at a time holds the run
+directory (``pipeline.rundir``).
 
 The runner knows stages only through their contract (``stages.base.Stage``): it never tests a stage's name."""
 
@@ -17,7 +20,7 @@ from typing import Any
 import yaml
 
 from pipeline import columns as C
-from pipeline import io
+from pipeline import io, rundir
 from pipeline.config import ConfigError, RunConfig, config_json, redact_secrets
 from pipeline.registry import stage_class
 from stages.base import RunContext, Stage
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 
 CODE_VERSION = "0.1.0"
 MARKER = io.MARKER
-STARTED = "_STARTED"
+STARTED = io.STARTED
 
 
 class CountMismatch(RuntimeError):
@@ -132,46 +135,108 @@ class Runner:
     # -- the run -------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
         check_columns(self.cfg)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with rundir.claim(self.run_dir):
+            return self._run()
+
+    def _run(self) -> RunResult:
         # Credentials in the config never reach the disk (the dataset card embeds this file, and it may be pushed).
         written = redact_secrets(self.cfg.to_yaml_dict())
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
-        upstream_fp, upstream_dir = "root", ""
+        io.write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(written, sort_keys=False))
+        upstream_fp, upstream_dir, upstream_files = "root", "", None
         results: list[StageResult] = []
         for idx, (name, scfg) in enumerate(self.cfg.stages):
             stage = stage_class(name)
             out_dir = self.run_dir / f"{idx:02d}_{name}"
             fp = stage_fingerprint(upstream_fp, name, scfg)
-            done = io.marker_matches(out_dir, fp)
-            stale = stage.outputs_stand(scfg, str(out_dir), self.cfg.output_root) if done else None
-            if done and stale is None:
-                res = StageResult(**{**io.read_marker(out_dir)["result"], "status": "skipped", "seconds": 0.0})
+            # What this stage read: the upstream marker's file list (part names are random per write, so a re-run
+            # upstream stage gives a new digest even when its config did not change).
+            input_digest = io.digest(upstream_files)
+            res = self._up_to_date(out_dir, fp, input_digest)
+            # What a stage published outside its directory (an export path) must still be what it wrote.
+            stale = stage.outputs_stand(scfg, str(out_dir), self.cfg.output_root) if res is not None else None
+            if stale is not None:
+                self._notice(out_dir, f"{stale}; running it again")
+            if res is not None and stale is None:
                 self.console.print(f"[dim]{out_dir.name}: up to date, skipped[/]")
             else:
-                if stale is not None:
-                    self.console.print(f"[yellow]{out_dir.name}: {stale}; running it again[/]")
                 context = self.context.model_copy(
                     update={"fingerprint": fp, "stage_dirs": tuple(str(self.run_dir / f"{i:02d}_{n}")
                                                                    for i, (n, _) in enumerate(self.cfg.stages[:idx]))})
-                res = self._run_stage(stage, scfg, out_dir, upstream_dir, fp, context)
+                res = self._run_stage(stage, scfg, out_dir, upstream_dir, fp, input_digest, context=context)
             results.append(res)
-            upstream_fp, upstream_dir = fp, str(out_dir)
+            upstream_fp, upstream_dir, upstream_files = fp, str(out_dir), io.read_marker(out_dir)["files"]
         self._write_stats(results)
         outputs = {}
         for r in results:
             outputs.update(r.extra.get("outputs", {}))
         return RunResult(self.run_dir, results, outputs)
 
-    def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str,
-                   context: RunContext) -> StageResult:
+    def _up_to_date(self, out_dir: Path, fp: str, input_digest: str) -> StageResult | None:
+        """The stage's recorded result when its marker has this fingerprint and still describes the files on disk and
+        the input they came from; else None, saying why when a marker of this fingerprint no longer holds."""
+        if not (out_dir / MARKER).exists():
+            return None
+        marker = io.read_marker(out_dir)
+        if marker is not None and marker.get("fingerprint") != fp:
+            return None  # the config or the code changed: an ordinary run, nothing to say
+        rejects = self._rejects_dir(out_dir)
+        if marker is None:
+            problem = f"{MARKER} cannot be read"
+        elif not isinstance(marker.get("result"), dict):
+            problem = f"{MARKER} holds no result"
+        else:
+            problem = io.files_problem(out_dir, marker.get("files"))
+            if problem is None and (rejected := io.files_problem(rejects, marker.get("rejects"))):
+                problem = f"{rejects.relative_to(self.run_dir)}: {rejected}"
+            if problem is None and marker.get("input") != input_digest:
+                problem = "its input changed since it ran"
+        if problem is None:
+            try:
+                res = StageResult(**{**marker["result"], "status": "skipped", "seconds": 0.0})
+            except TypeError:
+                problem = f"{MARKER} holds a garbled result"
+            else:
+                return res
+        self._notice(out_dir, f"{problem}; running the stage again")
+        return None
+
+    def _notice(self, out_dir: Path, text: str) -> None:
+        """One line about a stage (never wrapped: it may name long paths)."""
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]{out_dir.name}[/]: {escape(text)}", soft_wrap=True, highlight=False)
+
+    def _repair(self, stage: type[Stage], out_dir: Path) -> None:
+        """Before resuming: drop part files that cannot be read (their rows are redone) and rows written twice (by a
+        crash, or by a run that did not hold the lock), so the resumed stage adds up."""
+        rejects = self._rejects_dir(out_dir)
+        damaged = io.drop_damaged_parts(out_dir) + io.drop_damaged_parts(rejects)
+        key = stage.output_key or stage.input_key
+        dropped = io.drop_duplicate_rows(out_dir, key) if key else 0
+        if stage.input_key:  # an input rejected twice, or rejected once and written once, is one input
+            t = io.read_columns(out_dir, stage.input_key)
+            written = set(zip(*(t[c].to_pylist() for c in stage.input_key)))
+            dropped += io.drop_duplicate_rows(rejects, stage.input_key, seen=written)
+        if damaged or dropped:
+            self._notice(out_dir, f"dropped {dropped} duplicate row(s) and {len(damaged)} unreadable part file(s) "
+                                  "left by an earlier run")
+
+    def _run_stage(self, stage: type[Stage], scfg, out_dir: Path, upstream_dir: str, fp: str, input_digest: str = "",
+                   fresh: bool = False, context: RunContext | None = None) -> StageResult:
+        """Run (or resume) one stage into ``out_dir`` and mark it done; ``input_digest`` names what it read,
+        ``context`` what the stage is told of the run (default: the runner's)."""
+        context = context or self.context
         started = out_dir / STARTED
-        resumable = stage.kind == "map" and started.is_file() and started.read_text().strip() == fp
-        if not resumable:
+        resumable = (not fresh and stage.kind == "map" and started.is_file() and not started.is_symlink()
+                     and started.read_text(errors="replace").strip() == fp)
+        if resumable:
+            self._repair(stage, out_dir)
+        else:
             for d in (out_dir, self._rejects_dir(out_dir)):
                 if d.exists():
                     shutil.rmtree(d)
         out_dir.mkdir(parents=True, exist_ok=True)
-        started.write_text(fp)
+        io.write_text_atomic(started, fp)
         status = "resumed" if resumable and io.part_files(out_dir) else "ran"
         self.console.print(f"[bold cyan]{out_dir.name}[/]: {'resuming' if status == 'resumed' else 'running'} {stage.name}")
         t0 = time.perf_counter()
@@ -184,12 +249,19 @@ class Runner:
         else:
             self._ensure_ray()
             res = scfg.resources
-            context = context.model_copy(update={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus})
-            prepared = stage.prepare(scfg, upstream_dir, context)
+            prepared = stage.prepare(scfg, upstream_dir,
+                                     context.model_copy(update={"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}))
             extra = self._run_distributed(stage, scfg, prepared, out_dir, upstream_dir)
         seconds = time.perf_counter() - t0
-        res = self._account(stage, scfg, out_dir, upstream_dir, fp, status, seconds, extra)
-        io.write_marker(out_dir, fp, result=res.__dict__)
+        try:
+            res = self._account(stage, scfg, out_dir, upstream_dir, fp, status, seconds, extra)
+        except CountMismatch as e:
+            if not resumable:
+                raise
+            self._notice(out_dir, f"{e} after resuming; running the stage again from the start")
+            return self._run_stage(stage, scfg, out_dir, upstream_dir, fp, input_digest, fresh=True, context=context)
+        io.write_marker(out_dir, fp, result=res.__dict__, files=io.describe_files(out_dir),
+                        rejects=io.describe_files(self._rejects_dir(out_dir)), input=input_digest)
         started.unlink(missing_ok=True)
         self.console.print(
             f"  {res.rows_in} in -> {res.rows_out} out, {res.rejected} rejected"
@@ -322,7 +394,7 @@ class Runner:
 
     def _write_stats(self, results: list[StageResult]) -> None:
         stats = {"run_dir": str(self.run_dir), "stages": [r.__dict__ for r in results]}
-        (self.run_dir / "stats.json").write_text(json.dumps(stats, indent=1, default=str))
+        io.write_text_atomic(self.run_dir / "stats.json", json.dumps(stats, indent=1, default=str))
 
 
 class _StageUDF:

@@ -16,15 +16,23 @@ EVALUATE_DIR = "evaluate"
 def run_all(cfg: RunConfig, console=None) -> int:
     """Run everything the config names; print a summary and where the outputs are. Returns an exit code."""
     from rich.console import Console
-    from rich.table import Table
 
-    from pipeline.runner import run
+    from pipeline.rundir import claim
 
     console = console or Console(stderr=True)
     problem = check_steps(cfg)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    with claim(cfg.resolved_run_dir):  # the whole run, fine-tuning and evaluation included
+        return _run_and_report(cfg, console)
+
+
+def _run_and_report(cfg: RunConfig, console) -> int:
+    from rich.table import Table
+
+    from pipeline.runner import run
+
     result = run(cfg, console=console)
     table = Table(title=f"lessmore run: {result.run_dir}")
     for col in ("stage", "status", "rows in", "rows out", "rejected", "kept", "dropped", "seconds"):

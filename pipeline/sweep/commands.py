@@ -51,6 +51,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:
-        summary = run_sweep(cfg)
+        try:
+            summary = run_sweep(cfg)
+        except ConfigError as e:  # e.g. a tracker of tune.callbacks that cannot start
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(f"report: {summary['report']}")
     return 0 if not summary["failed"] else 1

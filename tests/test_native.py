@@ -222,8 +222,8 @@ def test_a_tracker_that_cannot_start_stops_the_sweep_in_one_line(tmp_path, track
     monkeypatch.setattr(ray_mlflow.MLflowLoggerCallback, "setup", refuse)
     with pytest.raises(ConfigError) as caught:
         tracker_callbacks((TrackerConfig(kind="mlflow", tracking_uri="http://mlflow:5000"),), "s", tmp_path)
-    assert str(caught.value) == ("tune.callbacks.0: the mlflow tracker does not start: HTTPConnectionPool(host='mlflow', "
-                                 "port=5000): Max retries exceeded")
+    assert str(caught.value) == ("tune.callbacks.0: the mlflow tracker does not start: "
+                                 "HTTPConnectionPool(host='mlflow', port=5000): Max retries exceeded")
 
 
 @pytest.mark.slow  # MLflow creates its SQLite schema (tens of seconds on 2 busy cores); needs mlflow installed

@@ -8,6 +8,7 @@ full logs stay in its session directory (``/tmp/ray/session_latest/logs``)."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -108,7 +109,9 @@ class NativeStderrFilter:
         for handler in logging.getLogger().handlers:  # lessmore's log lines keep their order with its prints
             if isinstance(handler, logging.StreamHandler) and handler.stream is old:
                 handler.setStream(sys.stderr)
-        threading.Thread(target=self._pump, args=(read_end,), name="lessmore-stderr-filter", daemon=True).start()
+        self.thread = threading.Thread(target=self._pump, args=(read_end,), name="lessmore-stderr-filter", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)  # registered before ray.init: runs after Ray's own shutdown
 
     def _pump(self, read_end: int) -> None:
         pending = b""
@@ -117,8 +120,20 @@ class NativeStderrFilter:
             out = b"".join(line + b"\n" for line in lines if not any(p.search(line) for p in NATIVE_NOISE))
             if pending and not pending.startswith(b"["):  # only Ray's log lines start with "[": hold nothing else
                 out, pending = out + pending, b""
-            if out:
-                os.write(self.real, out)
+            while out:
+                out = out[os.write(self.real, out):]
+        if pending:
+            os.write(self.real, pending)
+
+    def close(self) -> None:
+        """Put the real stderr back on descriptor 2; the pipe's last writer closes, so the filter passes on what
+        is left in it and stops."""
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.real, 2)
+        self.thread.join(timeout=2)
 
 
 _NATIVE_FILTER: NativeStderrFilter | None = None

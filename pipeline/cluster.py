@@ -37,7 +37,7 @@ class RayConfig(Frozen):
         "e.g. a batch that failed and was retried row by row). Off: only in Ray's session logs."
     )
     dashboard: bool = Field(
-        False, description="Start the Ray dashboard with the embedded local Ray (its address is printed). A cluster "
+        False, description="Start the Ray dashboard with the embedded local Ray (Ray prints its address). A cluster "
         "has its own."
     )
 
@@ -181,7 +181,6 @@ def connect(cfg: RayConfig | None = None, console=None) -> None:
     if not _is_terminal():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # worker lines in a log file without colour codes
     # The workers' model loads show no progress bars (the stage's own progress is shown instead).
-    context = ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, log_to_driver=cfg.log_to_driver,
-                       runtime_env={"env_vars": WORKER_ENV})
-    if cfg.dashboard and console is not None:
-        console.print(f"[bold]ray[/]: dashboard at http://{context.dashboard_url}")
+    # Ray prints the dashboard's address itself ("View the dashboard at ...").
+    ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, log_to_driver=cfg.log_to_driver,
+             runtime_env={"env_vars": WORKER_ENV})

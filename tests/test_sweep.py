@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -263,6 +264,13 @@ def test_smoke_sweep_resumes_after_a_kill_and_writes_the_report(tmp_path, toy_te
     log = (tmp_path / "second.log").read_text()
     assert code == 0, log[-4000:]
     assert "resuming" in log and "up to date, skipped" in log  # Tune restored; the pool was not sampled again
+    # A line per trial that finished in this run (cell, error with its interval, trials left), and a summary.
+    finished_here = re.findall(r"^trial (\S+): error \d\.\d+ \[\d\.\d+, \d\.\d+\] .*; (\d+) left", log, re.M)
+    assert finished_here and finished_here[-1][1] == "0", log[-4000:]
+    assert "trials: 6 ok, 0 failed of 6; " in log
+    # None of Ray's known noise (pipeline.cluster) in either run's output.
+    for noise in ("max_restarts > 0", "A new progress UI is available", "number of concurrent", "null_placement"):
+        assert noise not in log_first + log, noise
     for name, content in before.items():  # finished trials were read back, not computed again
         assert (run_dir / TRIALS_DIR / name / RESULT_FILE).read_bytes() == content, name
 

@@ -62,6 +62,16 @@ SAFE_TASKS: frozenset[str] = frozenset({
 })
 
 
+def require_installed(what: str) -> None:
+    """Refuse ``what`` (the source kind or this verifier) in one line when reasoning-gym, an optional extra, is not
+    installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("reasoning_gym") is None:
+        raise ValueError(f"{what} needs the reasoning-gym package: pip install 'lessmore[reasoning-gym]' "
+                         "(or pip install reasoning-gym)")
+
+
 class ReasoningGymOptions(VerifierOptions):
     """Options of the ``reasoning_gym`` verifier."""
 
@@ -81,6 +91,12 @@ class ReasoningGymOptions(VerifierOptions):
     min_score: float = Field(
         1.0, ge=0, le=1, description="Lowest score_answer result that counts as correct (most tasks give 0 or 1)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _installed(cls, data: Any) -> Any:
+        require_installed("the reasoning_gym verifier")
+        return data
 
     @field_validator("task")
     @classmethod

@@ -35,6 +35,7 @@ Modules, each one job (a module imports only those listed before it):
 - ``config``: SweepConfig and its blocks, the grid, the rule sets, what a trial's fingerprint covers;
 - ``pool``: building and reading the shared pools, nested pool subsets, the reference evaluation;
 - ``student``: a trial's train -> evaluate step, for the TRL student and the linear world's ridge student;
+- ``callbacks``: Ray Tune callbacks: a line per finished trial and a summary, and the trackers of ``tune.callbacks``;
 - ``trials``: one trial, the collapse loop, Ray Tune, the results table;
 - ``measure``, ``calibrate``, ``predict``, ``verdicts``, ``plots``, ``markdown``, ``report``: the report (cells and
   intervals, the theory's calibration and gate, the calibrated theory at the cells, the verdicts, the figures,

@@ -55,7 +55,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     else:
         try:
             summary = run_sweep(cfg)
-        except ConfigError as e:  # a pool's run directory in use by another run, or not a lessmore run
+        except ConfigError as e:  # a pool's run directory in use or not a run; a tracker of tune.callbacks that cannot start
             print(f"error: {e}", file=sys.stderr)
             return 2
     print(f"report: {summary['report']}")

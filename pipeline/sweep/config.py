@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from typing import Literal
-
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline import io
@@ -144,6 +142,40 @@ class GridConfig(Frozen):
         return value
 
 
+class TrackerConfig(Frozen):
+    """An experiment tracker that receives every trial's cell (as parameters) and metrics, through Ray Tune's own
+    logger callbacks (``ray.air.integrations``). Nothing leaves the machine unless the config points elsewhere;
+    credentials come from the environment only (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN, ...), never from the config."""
+
+    kind: Literal["mlflow", "wandb"] = Field(
+        description="mlflow: Ray Tune's MLflowLoggerCallback (pip install mlflow); wandb: its WandbLoggerCallback "
+        "(pip install wandb)."
+    )
+    project: str | None = Field(None, description="W&B project / MLflow experiment name (default: the sweep's name).")
+    tracking_uri: str | None = Field(
+        None, description="mlflow: the tracking server or store, e.g. http://mlflow:5000 (default: "
+        "sqlite:///<run_dir>/mlflow.db, on this machine; browse it with `mlflow ui --backend-store-uri <that URI>`)."
+    )
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="wandb: offline writes the runs under <run_dir>/wandb (upload them later with "
+        "`wandb sync`); online sends them as they run (WANDB_API_KEY from the environment)."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on every trial's run.")
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "TrackerConfig":
+        import importlib.util
+
+        # Only values away from the defaults: a dumped config (every key written) must load again.
+        if self.kind != "mlflow" and self.tracking_uri is not None:
+            raise ValueError("tracking_uri is MLflow's; remove it or set kind: mlflow")
+        if self.kind != "wandb" and self.mode != "offline":
+            raise ValueError("mode is W&B's; remove it or set kind: wandb")
+        if importlib.util.find_spec(self.kind) is None:  # the package is named as the kind
+            raise ValueError(f"kind {self.kind} needs the {self.kind} package: pip install {self.kind}")
+        return self
+
+
 class TuneSettings(Frozen):
     """How Ray Tune runs the trials."""
 
@@ -156,6 +188,10 @@ class TuneSettings(Frozen):
     reuse_actors: bool = Field(True, description="Run consecutive trials in the same worker process (saves the "
                                "torch/transformers import per trial).")
     keep_models: bool = Field(False, description="Keep each trial's fine-tuned model (off: deleted after evaluation).")
+    callbacks: tuple[TrackerConfig, ...] = Field(
+        (), description="Experiment trackers that log every trial, e.g. [{kind: mlflow}] or [{kind: wandb, project: "
+        "lessmore, mode: online}] (see `TrackerConfig`)."
+    )
 
 
 class LoopConfig(Frozen):

@@ -21,6 +21,8 @@ def run_sweep(cfg: SweepConfig, console=None) -> dict[str, Any]:
     with ``run_dir``, ``report`` (the report.md path), ``trials``, ``ok``, ``failed`` and ``seconds``."""
     from rich.console import Console
 
+    from pipeline.sweep.callbacks import tracker_callbacks  # imports Ray Tune
+
     console = console or Console(stderr=True)
     started = time.perf_counter()
     load_before = os.getloadavg()
@@ -32,6 +34,7 @@ def run_sweep(cfg: SweepConfig, console=None) -> dict[str, Any]:
     saved = redact_secrets(cfg.model_dump(mode="json", exclude_unset=True))
     (run_dir / CONFIG_FILE).write_text(json.dumps(saved, indent=1) + "\n")
     console.print(f"[bold]sweep[/]: {run_dir}")
+    trackers = tracker_callbacks(cfg.tune.callbacks, cfg.name, run_dir)  # a tracker that cannot start stops it here
     t0 = time.perf_counter()
     manifest = build_pools(cfg, console=console)
     pool_seconds = time.perf_counter() - t0
@@ -46,7 +49,7 @@ def run_sweep(cfg: SweepConfig, console=None) -> dict[str, Any]:
     console.print(f"[bold cyan]trials[/]: {len(specs)} ({sum(s['kind'] == 'loop' for s in specs)} loop chains) "
                   f"under Ray Tune, {cfg.tune.cpus_per_trial:g} CPU each")
     t0 = time.perf_counter()
-    grid = run_trials(cfg, specs, console=console)
+    grid = run_trials(cfg, specs, console=console, trackers=trackers)
     trial_seconds = time.perf_counter() - t0
     table = results_table(specs, grid, run_dir)
     failed = table[table["status"] != "ok"]

@@ -214,8 +214,8 @@ def run_trial(spec: dict[str, Any], run_dir: str | os.PathLike, report=None) -> 
     else:
         result = cached
         result["from_cache"] = True
-    if report is not None:
-        report(flat_metrics(result))
+    if report is not None:  # from_cache: the sweep's progress line says so, and leaves it out of its ETA
+        report({**flat_metrics(result), "from_cache": bool(result.get("from_cache"))})
     return result
 
 
@@ -387,13 +387,15 @@ def _trial_dirname(trial) -> str:
     return trial.config["trial"]["trial_id"]
 
 
-def run_trials(cfg: SweepConfig, specs: list[dict[str, Any]], console=None):
-    """Run the trials under Ray Tune, resuming the experiment when it exists; returns Tune's ResultGrid."""
+def run_trials(cfg: SweepConfig, specs: list[dict[str, Any]], console=None, trackers: list | None = None):
+    """Run the trials under Ray Tune, resuming the experiment when it exists; returns Tune's ResultGrid.
+    ``trackers``: the logger callbacks of ``tune.callbacks`` when already built (else built here)."""
     from ray import tune
 
     from pipeline.cluster import connect
+    from pipeline.sweep.callbacks import TrialReporter, tracker_callbacks
 
-    connect(cfg.ray)
+    connect(cfg.ray, console)
     run_dir = cfg.resolved_run_dir
     storage = run_dir / TUNE_DIR
     name = f"trials-{io.digest([s['trial_id'] for s in specs], [s.get('fingerprint') for s in specs], length=12)}"
@@ -401,18 +403,27 @@ def run_trials(cfg: SweepConfig, specs: list[dict[str, Any]], console=None):
     if cfg.tune.gpus_per_trial:
         resources["gpu"] = cfg.tune.gpus_per_trial
     trainable = tune.with_resources(tune_trainable, resources)
+    # Tune's own table (verbose) is off: a line per finished trial and a summary instead, plus the trackers.
+    if trackers is None:
+        trackers = tracker_callbacks(cfg.tune.callbacks, cfg.name, run_dir)
+    callbacks = [TrialReporter(len(specs), console), *trackers]
     path = storage / name
     if tune.Tuner.can_restore(str(path)):
         if console is not None:
             console.print(f"[bold]tune[/]: resuming {path} (finished trials are read back)")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # A restored Tuner brings back the callbacks it was started with; this run's config decides them (a tracker
+        # added since, a console that is not pickled). Tune's restore API takes no RunConfig, hence the attribute.
+        local = getattr(tuner, "_local_tuner", None)  # None under Ray Client, which keeps the old ones
+        if local is not None:
+            local.get_run_config().callbacks = callbacks
     else:
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(specs), "run_dir": str(run_dir)},
             tune_config=tune.TuneConfig(max_concurrent_trials=cfg.tune.max_concurrent_trials,
                                         reuse_actors=cfg.tune.reuse_actors, trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)),
         )
     return tuner.fit()

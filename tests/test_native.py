@@ -215,10 +215,14 @@ def test_a_tracker_that_cannot_start_stops_the_sweep_in_one_line(tmp_path, track
     from pipeline.sweep.callbacks import tracker_callbacks
     from pipeline.sweep.config import TrackerConfig
 
-    def refuse(self, *args, **kwargs):
-        raise ConnectionError("HTTPConnectionPool(host='mlflow', port=5000): Max retries exceeded\nTraceback ...")
+    class Unreachable:  # Ray's callback, as built against a tracking server that does not answer
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
 
-    monkeypatch.setattr(ray_mlflow.MLflowLoggerCallback, "setup", refuse)
+        def setup(self, *args, **kwargs):
+            raise ConnectionError("HTTPConnectionPool(host='mlflow', port=5000): Max retries exceeded\nTraceback ...")
+
+    monkeypatch.setattr(ray_mlflow, "MLflowLoggerCallback", Unreachable)
     with pytest.raises(ConfigError) as caught:
         tracker_callbacks((TrackerConfig(kind="mlflow", tracking_uri="http://mlflow:5000"),), "s", tmp_path)
     assert str(caught.value) == ("tune.callbacks.0: the mlflow tracker does not start: "

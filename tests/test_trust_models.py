@@ -98,6 +98,9 @@ class WeightsEcho:
     def prompt_text(self, problem):
         return problem
 
+    def prompt_messages(self, problem):
+        return None
+
     def generate(self, prompts, seeds):
         return [[Generation(f"{p}|{s % 97}|{self.tag}", "stop", 1, 1) for s in row] for p, row in zip(prompts, seeds)]
 

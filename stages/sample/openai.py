@@ -133,11 +133,18 @@ class OpenAIBackend:
     def prompt_text(self, problem: str) -> str:
         """The prompt text (completions), or the chat messages as JSON (chat): exactly what the server is sent, so
         the generation cache tells system prompts apart."""
-        user = self.cfg.prompt_template.format(problem=problem)
+        messages = self.prompt_messages(problem)
+        if messages is None:
+            return self.cfg.prompt_template.format(problem=problem)
+        return json.dumps(messages, ensure_ascii=False)
+
+    def prompt_messages(self, problem: str) -> list[dict[str, str]] | None:
+        """The chat messages sent (the server applies its model's chat template), or None on the completions
+        endpoint."""
         if not self.chat:
-            return user
+            return None
         system = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
-        return json.dumps(system + [{"role": "user", "content": user}], ensure_ascii=False)
+        return system + [{"role": "user", "content": self.cfg.prompt_template.format(problem=problem)}]
 
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Generation]]:
         """``seeds[i]`` holds one seed per wanted completion of ``prompts[i]``; one request per completion."""

@@ -1,5 +1,6 @@
-"""Resolving a model reference: ``toy:<name>`` (built locally on first use), a ``linear:`` spec of the linear world
-(no weights to find: it stands for itself), a directory, or a hub id."""
+"""Resolving a model reference: ``toy:<name>`` (built locally on first use), ``toy:gold[,eps=E]`` (the toy world's
+solver) or a ``linear:`` spec of the linear world (no weights to find: they stand for themselves), a directory, or a
+hub id."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def resolve_model(ref: str) -> str:
 
     if ref.startswith(linearworld.PREFIX):
         linearworld.parse_spec(ref)
+        return ref
+    from pipeline import toyworld
+
+    if toyworld.is_gold_model(ref):  # the toy world's solver: no weights
+        toyworld.parse_gold(ref)
         return ref
     if ref.startswith(TOY_PREFIX):
         from pipeline.toymodel import ensure_toy_model
@@ -44,8 +50,12 @@ def model_fingerprint(resolved: str) -> str:
 
     path = Path(resolved)
     h = hashlib.sha256()
+    from pipeline import toyworld
+
     if resolved.startswith(linearworld.PREFIX):
         h.update(linearworld.parse_spec(resolved).canonical.encode())
+    elif toyworld.is_gold_model(resolved):
+        h.update(f"toy:gold,eps={toyworld.parse_gold(resolved)!r}".encode())
     elif path.is_dir():
         h.update((path / "config.json").read_bytes())
         for f in sorted(path.iterdir()):

@@ -98,6 +98,10 @@ TOY_MODELS: dict[str, ToyModelSpec] = {
     # Level 3 gets the largest share because longer chains carry more arithmetic per step. 1,000 steps, like the strong
     # model: an 800-step student (greedy .43/.27/.26 on levels 1-3) lost accuracy under every SFT setting tried.
     "student": ToyModelSpec(train_steps=1000, train_levels=(1, 2, 3), train_level_weights=(0.3, 0.3, 0.4)),
+    # The student of the fair toy world (instrument.md 3b): it has seen all six levels with the strong model's mix but
+    # trained for 800 steps only, so it is imperfect and graded (better at short chains than long ones), and the
+    # hard/easy contrast stays within a skill it already has. Seed 1, so it is not the weak generator's twin.
+    "student_all_levels": ToyModelSpec(train_steps=800, seed=1),
     # For tests: one-step problems only (the cheapest rows), about a third of the strong model's compute. Arithmetic
     # appears late in training (after ~25k examples), so a shorter run gets the format right and the sums wrong.
     "test": ToyModelSpec(

@@ -31,13 +31,25 @@ RULE_SPECS: dict[str, dict[str, Any]] = {
     "keep_hard_correct": {"rule": "keep_hard_correct"},
     "keep_easy_correct": {"rule": "keep_easy_correct"},
     "random_correct": {"rule": "random", "label_aware": True},
+    # Ranked within each level, keeping the pool's level mix: difficulty within a skill (instrument.md §3b).
+    "keep_hard_stratified": {"rule": "keep_hard_stratified", "label_aware": False},
+    "keep_easy_stratified": {"rule": "keep_easy_stratified", "label_aware": False},
+    "keep_hard_stratified_correct": {"rule": "keep_hard_stratified_correct"},
+    "keep_easy_stratified_correct": {"rule": "keep_easy_stratified_correct"},
 }
-LABEL_AWARE_RULES = ("correct_only", "keep_hard_correct", "keep_easy_correct", "random_correct")
+LABEL_AWARE_RULES = ("correct_only", "keep_hard_correct", "keep_easy_correct", "random_correct",
+                     "keep_hard_stratified_correct", "keep_easy_stratified_correct")
 # Each label-aware rule is its label-agnostic form behind the correctness filter (``all`` ranks nothing).
 LABEL_AGNOSTIC_FORM = {"correct_only": "all", "keep_hard_correct": "keep_hard", "keep_easy_correct": "keep_easy",
-                       "random_correct": "random"}
+                       "random_correct": "random", "keep_hard_stratified_correct": "keep_hard_stratified",
+                       "keep_easy_stratified_correct": "keep_easy_stratified"}
 # Rules that rank by the difficulty score: the only ones oracle noise can change.
-SCORED_RULES = ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct")
+SCORED_RULES = ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct", "keep_hard_stratified",
+                "keep_easy_stratified", "keep_hard_stratified_correct", "keep_easy_stratified_correct")
+# The keep-hard / keep-easy pairs the report and the verdicts compare (label-agnostic first, then label-aware).
+HARD_EASY_PAIRS = (("keep_hard", "keep_easy"), ("keep_hard_correct", "keep_easy_correct"),
+                   ("keep_hard_stratified", "keep_easy_stratified"),
+                   ("keep_hard_stratified_correct", "keep_easy_stratified_correct"))
 
 
 def family_baseline(rule: str) -> str:

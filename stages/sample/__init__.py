@@ -1,7 +1,8 @@
 """sample: k completions per problem, with per-row seeds, on the transformers (hf), vLLM or linear-world backend.
 
 The package: ``config`` (the YAML block), ``backend`` (Generation, row seeds, the backend protocol, prompt
-rendering), ``hf`` and ``vllm`` (the engines), ``linear`` (the linear world's labeller), ``cache`` (the generation
+rendering), ``hf`` and ``vllm`` (the engines), ``linear`` (the linear world's labeller), ``gold`` (the toy world's
+solver as a generator), ``cache`` (the generation
 cache), ``adaptive`` (adaptive k)."""
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class SampleStage(Stage):
             from stages.sample.vllm import VLLMBackend
 
             self.backend = VLLMBackend(cfg, path)
+        elif backend == "gold":
+            from stages.sample.gold import GoldBackend
+
+            self.backend = GoldBackend(cfg, path)
         elif backend == "linear":
             from stages.sample.linear import LinearBackend
 

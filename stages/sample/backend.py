@@ -62,7 +62,13 @@ def eos_ids(tokenizer, model) -> list[int]:
     return sorted(set(ids))
 
 def choose_backend(cfg: Any) -> str:
-    """Resolve ``auto``: linear for a linear-world model, else vllm when a GPU and vllm are present, else hf."""
+    """The backend of ``cfg.model``: ``gold`` for the toy world's gold generator whatever ``cfg.backend`` says (no
+    engine runs it; a pool's generators share one sample block), else ``cfg.backend``, with ``auto`` resolved to
+    linear for a linear-world model, else vllm when a GPU and vllm are present, else hf."""
+    from pipeline.toyworld import is_gold_model
+
+    if is_gold_model(cfg.model):
+        return "gold"
     if cfg.backend != "auto":
         return cfg.backend
     import importlib.util

@@ -17,7 +17,9 @@ class SampleSettings(StageConfig):
     model: str = Field(
         "toy:strong",
         description="toy:NAME (the project's tiny model, built on first use), a local model directory, a hub id, or "
-        "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S).",
+        "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S), or "
+        "toy:gold[,eps=E] (the toy world's worked solution, with one coherent wrong trace on a fixed fraction E of "
+        "problems; no model, whatever `backend` says).",
     )
     backend: Literal["hf", "vllm", "auto", "linear"] = Field(
         "hf", description="hf: transformers generate; vllm: vllm.LLM; linear: the linear world's labeller "

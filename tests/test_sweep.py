@@ -137,6 +137,53 @@ def test_pool_rows_come_in_the_same_order_whatever_the_part_file_names(tmp_path)
     assert orders[0] == orders[1] == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
 
 
+def test_a_separate_oracle_scores_difficulty_and_is_measured_against_its_reference(tmp_path):
+    # The gold generator solves everything (its own pass rate is 1 everywhere: no difficulty signal); the oracle's
+    # pass rate (the untouched student's) becomes the score every rule ranks by, and its concordance with a reference
+    # difficulty (the same model at a larger k) gives rho*.
+    from pipeline.sweep.calibrate import oracle_reference
+    from pipeline.sweep.pool import pool_samples
+
+    rng = np.random.default_rng(0)
+    n, k = 200, 4
+    ids = [f"p{i:03d}" for i in range(n)]
+    truth = rng.random(n)  # the oracle model's true pass probability per problem
+    gen_dir, oracle_dir = tmp_path / "gen", tmp_path / "oracle"
+    gen_dir.mkdir(), oracle_dir.mkdir()
+    pd.DataFrame({C.PROBLEM_ID: np.repeat(ids, k), C.SAMPLE_IDX: np.tile(np.arange(k), n), C.LEVEL: 1,
+                  C.CORRECT: True, C.FINISH_REASON: "stop", C.PASS_RATE: 1.0, C.CI_LOW: 0.5, C.CI_HIGH: 1.0,
+                  C.TIER: "solved", C.N_SAMPLES: k, C.N_CORRECT: k, C.DIFFICULTY_MODEL: "toy:gold"}
+                 ).to_parquet(gen_dir / "part-0.parquet")
+    score = rng.binomial(16, truth) / 16  # the oracle at k = 16
+    pd.DataFrame({C.PROBLEM_ID: ids, C.PASS_RATE: score, C.CI_LOW: score - 0.1, C.CI_HIGH: score + 0.1,
+                  C.TIER: "medium"}).to_parquet(oracle_dir / "part-0.parquet")
+    audit = tmp_path / "audit.parquet"
+    pd.DataFrame({"problem_id": ids[:100], "level": 1, "reference_pass_rate": rng.binomial(64, truth[:100]) / 64}
+                 ).to_parquet(audit)
+    manifest = {"generators": {"gold": {"directory": str(gen_dir)}},
+                "oracle": {"model": "toy:student", "k": 16, "directory": str(oracle_dir),
+                           "audit": {"path": str(audit), "k": 64, "problems": 100}}}
+    table = pool_samples(manifest, "gold")
+    assert (table[C.DIFFICULTY_MODEL] == "toy:student").all() and (table[C.N_CORRECT] == k).all()
+    by_problem = table.drop_duplicates(C.PROBLEM_ID).set_index(C.PROBLEM_ID)[C.PASS_RATE]
+    assert np.allclose(by_problem.loc[ids].to_numpy(), score)
+    rows, _ = curate_rows(table, "keep_hard", 0.2, 0.0, 0.0, seed=0)
+    kept = set(rows[C.PROBLEM_ID])
+    assert len(kept) == 40 and max(by_problem[list(kept)]) <= np.sort(score)[40]  # the oracle's hardest
+    concordance, text = oracle_reference(manifest, lambda g: table, (0.0, 1.0), seed=0)
+    assert concordance[0.0] > 0.85 and abs(concordance[1.0] - 0.5) < 0.1  # eta = 1: random scores
+    assert "k = 16" in text and "k = 64" in text and "100 audit problems" in text
+    assert oracle_reference({"generators": {}}, lambda g: table, (0.0,), 0) == ({}, None)
+
+
+def test_pool_oracle_config_checks():
+    cfg = parse_sweep_config(_config(**{"pool.oracle": {"model": "toy:test", "k": 8, "audit_problems": 20}}))
+    assert cfg.pool.oracle.k == 8 and cfg.pool.oracle.audit_k == 64
+    with pytest.raises(ConfigError, match="oracle"):
+        parse_sweep_config(_config(**{"pool.oracle": {"model": "toy:test"}, "pool.generators": {
+            "oracle": {"model": "toy:test"}}}))
+
+
 def test_pool_sizes_are_nested_random_subsets_per_seed():
     ids = [f"p{i}" for i in range(500)]
     small, large = nested_subset(ids, 50, seed=0), nested_subset(ids, 200, seed=0)

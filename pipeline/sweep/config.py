@@ -52,6 +52,9 @@ HARD_EASY_PAIRS = (("keep_hard", "keep_easy"), ("keep_hard_correct", "keep_easy_
                    ("keep_hard_stratified_correct", "keep_easy_stratified_correct"))
 
 
+ORACLE_POOL = "oracle"  # pool.oracle's samples live in run_dir/pool/oracle/
+
+
 def family_baseline(rule: str) -> str:
     """The p = 1 cell of a rule's family: ``correct_only`` for label-aware rules, ``all`` otherwise."""
     return "correct_only" if rule in LABEL_AWARE_RULES else "all"
@@ -72,6 +75,21 @@ class GeneratorSpec(Frozen):
     )
 
 
+class OracleModel(Frozen):
+    """A difficulty oracle that is not the generator: a model's pass rate over k samples of each pool problem (the
+    LIMO / s1 practice: keep what the model to be trained fails). Its quality is measured against a reference
+    difficulty, the same model at a larger k (with other seeds) on an audit subset of the pool."""
+
+    model: str = Field(description="The oracle model (toy:NAME, a directory or a hub id), usually the untouched "
+                       "student (finetune.student).")
+    k: int = Field(16, ge=1, description="Samples per pool problem; the pass rate over them is the difficulty score "
+                   "every rule ranks by.")
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature (default: pool.sample's).")
+    audit_problems: int = Field(500, ge=2, description="Pool problems the reference difficulty is measured on.")
+    audit_k: int = Field(64, ge=1, description="Samples per audit problem: the reference pass rate, drawn with "
+                         "seeds the oracle's own samples do not use.")
+
+
 class PoolConfig(Frozen):
     """The shared pool: problems, and for each generator its sampled, verified and scored completions."""
 
@@ -86,6 +104,17 @@ class PoolConfig(Frozen):
     )
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The verifier of the pool and evaluation.")
     difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig, description="Pass-rate settings.")
+    oracle: OracleModel | None = Field(
+        None, description="A difficulty oracle that is not the generator (its pass rate replaces each generator's "
+        "own as the difficulty score), sampled once into run_dir/pool/oracle/. None: each generator's own pass rate "
+        "(the oracle is the generator), or a linear world's oracle margin."
+    )
+
+    @model_validator(mode="after")
+    def _oracle_name(self) -> "PoolConfig":
+        if self.oracle is not None and ORACLE_POOL in self.generators:
+            raise ValueError(f"generators: {ORACLE_POOL!r} names the oracle's pool directory; rename the generator")
+        return self
 
     @field_validator("generators")
     @classmethod
@@ -295,6 +324,9 @@ class SweepConfig(Frozen):
         from pipeline.linearworld import PREFIX, parse_spec
 
         linear_source = self.pool.source.kind == "linear"
+        if self.pool.oracle is not None and linear_source:
+            raise ValueError("pool.oracle: a linear world's oracle is pool.source.oracle (or a generator's oracle); "
+                             "remove pool.oracle")
         with_oracle = [name for name, spec in self.pool.generators.items() if spec.oracle is not None]
         if with_oracle and not linear_source:
             raise ValueError(f"pool.generators.{with_oracle[0]}.oracle: only a linear world has an oracle; remove it "

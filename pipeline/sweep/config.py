@@ -205,6 +205,11 @@ class LoopConfig(Frozen):
     )
     keep_fraction: float = Field(0.3, gt=0, le=1, description="p of the difficulty rules in the loop.")
     seed: int = Field(0, description="Seed of the loop's problem draws, selection and training.")
+    only_if_better: bool = Field(
+        False, description="A round's model generates the next round's data only if its held-out accuracy beats the "
+        "untouched student's (round 0); otherwise the next round samples fresh problems from the generator this "
+        "round used. False: every round's model generates the next round (the plain collapse loop)."
+    )
 
     @field_validator("rules")
     @classmethod

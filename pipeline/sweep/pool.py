@@ -103,6 +103,8 @@ def oracle_audit(cfg: SweepConfig, source_dir: str, oracle_fingerprint: str, con
     if io.marker_matches(out, fp):
         return {**summary, "problems": int(len(pd.read_parquet(out / AUDIT_FILE)))}
     problems = io.read_table(source_dir).to_pandas()
+    if C.REJECT_REASON in problems:  # quarantined input is no pool problem
+        problems = problems[problems[C.REJECT_REASON].isna()]
     chosen = set(nested_subset(problems[C.PROBLEM_ID], oracle.audit_problems, cfg.seed))
     rows = problems[problems[C.PROBLEM_ID].isin(chosen)].sort_values(C.PROBLEM_ID)
     rows = rows.drop(columns=[c for c in rows.columns if c == C.REJECT_REASON]).to_dict("records")

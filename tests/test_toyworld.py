@@ -98,8 +98,11 @@ def test_tokenizer_splits_digits_and_round_trips(tmp_path):
 
 
 def test_specs_validate_and_fingerprint():
-    assert set(TOY_MODELS) == {"strong", "weak", "student", "test"}
+    assert set(TOY_MODELS) == {"strong", "weak", "student", "student_all_levels", "test"}
     assert max(TOY_MODELS["student"].train_levels) <= 3
+    assert TOY_MODELS["student_all_levels"].train_levels == (1, 2, 3, 4, 5, 6)
+    # Equal specs share one build: the all-level student is the strong model's directory.
+    assert toy_model_dir("student_all_levels") == toy_model_dir("strong")
     assert TOY_MODELS["strong"].fingerprint() != TOY_MODELS["weak"].fingerprint()
     assert ToyModelSpec().fingerprint() == ToyModelSpec().fingerprint()
     with pytest.raises(ValueError, match="must divide"):

@@ -430,8 +430,10 @@ def finetune(
     student_name, revision = load_args(model_path)  # a hub id comes pinned to the commit the driver resolved
     tokenizer = AutoTokenizer.from_pretrained(student_name, revision=revision,
                                               trust_remote_code=cfg.trust_remote_code, **extra)
+    tokenize_started = time.perf_counter()
     columns, truncated = tokenize_rows(problems, completions, tokenizer, prompt_cfg, cfg.sft.get("max_length"))
     laid_out = {name: [values[i] for i in order] for name, values in columns.items()}
+    tokenize_seconds = time.perf_counter() - tokenize_started
     job = {
         "model_path": model_path, "columns": laid_out, "seed": seed, "dtype": cfg.dtype, "gguf_file": cfg.gguf_file,
         "trust_remote_code": cfg.trust_remote_code, "threads": cfg.threads,
@@ -454,6 +456,7 @@ def finetune(
         student=cfg.student, student_path=model_path, rows=len(problems), rows_truncated=truncated,
         planned_steps=steps, examples_seen=steps * cfg.batch_size, epochs_seen=steps * cfg.batch_size / len(problems),
         num_workers=cfg.num_workers, seed=seed, wall_seconds=round(time.perf_counter() - started, 2),
+        tokenize_seconds=round(tokenize_seconds, 3),
     )
     (out / "train_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     return model_dir

@@ -1,5 +1,6 @@
-"""Resolving a model reference: ``toy:<name>`` (built locally on first use), a ``linear:`` spec of the linear world
-(no weights to find: it stands for itself), a directory, or a hub id (``org/name`` or ``org/name@revision``).
+"""Resolving a model reference: ``toy:<name>`` (built locally on first use), ``toy:gold[,eps=E]`` (the toy world's
+solver) or a ``linear:`` spec of the linear world (no weights to find: they stand for themselves), a directory, or a
+hub id (``org/name`` or ``org/name@revision``).
 
 Everything is resolved on the driver, before any worker starts: a hub id becomes ``org/name@<commit sha>`` (asked of
 the hub, or read from the local hub cache when offline), and every loader gets that sha as ``revision=``, so all
@@ -45,6 +46,11 @@ def resolve_model(ref: str, build: bool = True) -> str:
             linearworld.parse_spec(ref)
         except ValueError as e:
             raise ModelError(str(e)) from None
+        return ref
+    from pipeline import toyworld
+
+    if toyworld.is_gold_model(ref):  # the toy world's solver: no weights
+        toyworld.parse_gold(ref)
         return ref
     if ref.startswith(TOY_PREFIX):
         from pipeline.toymodel import TOY_MODELS, ensure_toy_model
@@ -165,8 +171,12 @@ def model_fingerprint(resolved: str) -> str:
 
     path = Path(resolved)
     h = hashlib.sha256()
+    from pipeline import toyworld
+
     if resolved.startswith(linearworld.PREFIX):
         h.update(linearworld.parse_spec(resolved).canonical.encode())
+    elif toyworld.is_gold_model(resolved):
+        h.update(f"toy:gold,eps={toyworld.parse_gold(resolved)!r}".encode())
     elif path.is_dir():
         h.update(b"dir")
         for name, digest in directory_digests(path).items():

@@ -98,6 +98,12 @@ TOY_MODELS: dict[str, ToyModelSpec] = {
     # Level 3 gets the largest share because longer chains carry more arithmetic per step. 1,000 steps, like the strong
     # model: an 800-step student (greedy .43/.27/.26 on levels 1-3) lost accuracy under every SFT setting tried.
     "student": ToyModelSpec(train_steps=1000, train_levels=(1, 2, 3), train_level_weights=(0.3, 0.3, 0.4)),
+    # The student of the fair toy world (instrument.md 3b): it has seen all six levels and is imperfect and graded
+    # (greedy .89 at level 1 down to .46 at level 6), so the hard/easy contrast stays within a skill it has, and its
+    # pass rate over 16 samples spreads enough to rank problems as an oracle. It is the strong model's spec (one
+    # build serves both names): 800 steps (seed 1) gave greedy .21 .08 .03 .03 .02 .03, an arithmetic not yet
+    # learned, whose pass rates are mostly 0 and rank nothing.
+    "student_all_levels": ToyModelSpec(),
     # For tests: one-step problems only (the cheapest rows), about a third of the strong model's compute. Arithmetic
     # appears late in training (after ~25k examples), so a shorter run gets the format right and the sums wrong.
     "test": ToyModelSpec(
@@ -135,8 +141,10 @@ def _is_complete(model_dir: Path) -> bool:
 
 
 def toy_model_dir(name_or_spec: str | ToyModelSpec = "strong", cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where `ensure_toy_model` keeps this model (whether or not it is built yet)."""
+    """Where `ensure_toy_model` keeps this model (whether or not it is built yet). Names with equal specs share one
+    build, under the first such name in TOY_MODELS."""
     name, spec = _resolve(name_or_spec)
+    name = next((n for n, s in TOY_MODELS.items() if s == spec), name)
     return cache_root(cache_dir) / "toy" / f"{name}-{spec.fingerprint()}"
 
 

@@ -17,6 +17,7 @@ Digits are single tokens, so arithmetic is learnable by a tiny model. The model 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -223,6 +224,85 @@ def draw_training_problems(
         rows.extend(_render(*_draw_chain(rng, level), level) for _ in range(count))
     rng.shuffle(rows)
     return rows
+
+
+# -- the gold generator: the worked solution, with systematic errors on a fraction eps of problems ----------------
+
+GOLD_MODEL = "toy:gold"  # `toy:gold` (always right) or `toy:gold,eps=E` (wrong on a fraction E of problems)
+_GOLD_SPEC = re.compile(r"^toy:gold(?:,eps=([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?))?$")
+_EXPRESSION = re.compile(r"Compute (\d+)((?:[-+*]\d+)+)\.")
+_STEP = re.compile(r"([-+*])(\d+)")
+# The miscomputations a corrupted trace makes, tried in a per-problem order: off by one or by ten (a carry slip).
+_SLIPS = (1, -1, 10, -10)
+
+
+def is_gold_model(ref: str) -> bool:
+    """Whether ``ref`` names the gold generator (``toy:gold`` or ``toy:gold,eps=E``)."""
+    return ref == GOLD_MODEL or ref.startswith(GOLD_MODEL + ",")
+
+
+def parse_gold(ref: str) -> float:
+    """The error fraction eps of a ``toy:gold[,eps=E]`` reference (0 without ``eps``).
+
+    Raises:
+        ValueError: the reference is not of that form, or eps lies outside [0, 1].
+    """
+    match = _GOLD_SPEC.match(ref.strip())
+    if match is None:
+        raise ValueError(f"model {ref!r}: write the gold generator as toy:gold or toy:gold,eps=E (E in [0, 1])")
+    eps = float(match.group(1)) if match.group(1) is not None else 0.0
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"model {ref!r}: eps must lie in [0, 1], got {eps}")
+    return eps
+
+
+def _unit(salt: str, text: str) -> float:
+    """A uniform in [0, 1) fixed by (salt, text): the same problem always draws the same number."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{salt}:{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+def parse_chain(problem: str) -> tuple[int, list[tuple[str, int]]] | None:
+    """(start, [(operation, operand), ...]) of a problem text such as "Compute 72+10-75.\\n"; None if it is not one."""
+    match = _EXPRESSION.search(problem)
+    if match is None:
+        return None
+    return int(match.group(1)), [(op, int(x)) for op, x in _STEP.findall(match.group(2))]
+
+
+def gold_errs(problem: str, eps: float) -> bool:
+    """Whether the gold generator at error fraction ``eps`` gets this problem wrong: the problem's hash falls in the
+    band [0, eps), a property of the problem alone (so a problem wrong at eps is wrong at every larger eps)."""
+    return eps > 0 and _unit("gold-error", problem.strip()) < eps
+
+
+def gold_solution(problem: str, eps: float = 0.0) -> str | None:
+    """The gold generator's completion of a problem: the worked solution (as in :func:`make_problems`), except on
+    the fraction eps of problems picked by :func:`gold_errs`, which get one coherent wrong trace, the same every time:
+    one step's result is off by 1 or 10 (step and slip fixed by the problem's hash, the slip chosen to stay in
+    0..99) and every later step computes correctly from the wrong value, so the final answer is wrong (+ and - carry
+    the slip, * multiplies it by 2-9). None when the text holds no arithmetic chain."""
+    parsed = parse_chain(problem)
+    if parsed is None:
+        return None
+    start, steps = parsed
+    wrong_step, slip = None, 0
+    if gold_errs(problem, eps):
+        wrong_step = int(_unit("gold-step", problem.strip()) * len(steps))
+        value = start
+        for operation, operand in steps[:wrong_step + 1]:
+            value = _apply(value, operation, operand)
+        first = int(_unit("gold-slip", problem.strip()) * len(_SLIPS))
+        slips = [_SLIPS[(first + i) % len(_SLIPS)] for i in range(len(_SLIPS))]
+        slip = next(s for s in slips if 0 <= value + s < VALUE_BOUND)
+    worked, value = [], start
+    for index, (operation, operand) in enumerate(steps):
+        result = _apply(value, operation, operand) + (slip if index == wrong_step else 0)
+        worked.append(f"{value}{operation}{operand}={result}.")
+        value = result
+    return " ".join(worked) + f" Answer: \\boxed{{{value}}}"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -47,6 +47,8 @@ class CurateConfig(StageConfig, OnRay):
         "all",
         description="A rule name, {name: {params}}, or a list of them applied in order (see stages/rules.py): "
         "all, random, correct_only, keep_hard, keep_easy, keep_hard_correct, keep_easy_correct, "
+        "keep_hard_stratified, keep_easy_stratified (ranked within each level; {by: COLUMN} for other strata), "
+        "keep_hard_stratified_correct, keep_easy_stratified_correct, "
         "pass_rate_band {lo, hi}, screen_unsolved, quality, diversity, limo, s1.",
     )
     label_aware: bool | None = Field(
@@ -238,6 +240,7 @@ def plan(samples, cfg: CurateConfig, seed: int):
         if dropped is not None:
             fresh = (reason == None) & (dropped != None)  # noqa: E711 - elementwise on object arrays
             reason[fresh] = dropped[fresh]
+        problems[R.ELIGIBLE] = reason == None  # noqa: E711 - what the earlier steps left, for stratified orders
         step_key = step.order(problems, seed)
         if step_key is not None:
             key = np.asarray(step_key, dtype=float)

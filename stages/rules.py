@@ -10,7 +10,8 @@ budget-sized prefix of that ranking, so for one rule and seed the N=200 set is a
     rule: {limo: {max_pass_rate: 0.25}}                 # a preset: it expands into steps
 
 Steps (``RULES``): all, random, correct_only, keep_hard, keep_easy, keep_hard_correct, keep_easy_correct,
-pass_rate_band, screen_unsolved, quality, diversity, limo, s1. Steps read the problem table that
+keep_hard_stratified, keep_easy_stratified (ranked within each level, keeping the pool's level mix) and their
+``_correct`` forms, pass_rate_band, screen_unsolved, quality, diversity, limo, s1. Steps read the problem table that
 ``stages.curate.plan`` builds: one row per problem with the difficulty ``score`` (pass rate, or a random number for
 problems hit by oracle noise), counts, a ``tie`` hash, and per-problem trace aggregates.
 """
@@ -34,6 +35,7 @@ N_USABLE = "n_usable"  # attempts that did not end in a generation error
 N_CORRECT_USABLE = "n_correct_usable"
 BEST_QUALITY = "best_quality"  # highest trace-quality score among the problem's correct traces
 LONGEST_CORRECT = "longest_correct_chars"
+ELIGIBLE = "eligible"  # not dropped by an earlier step of the rule (set before each step orders)
 
 
 class RuleStep(Frozen):
@@ -123,6 +125,67 @@ class KeepEasyCorrect(RuleStep):
 
     def expand(self):
         return [CorrectOnly(), KeepEasy()]
+
+
+class KeepHardStratified(RuleStep):
+    """Lowest difficulty score first *within each stratum* (by default each level), keeping the pool's mix: every
+    prefix of the ranking takes about the same share of each stratum's eligible problems, so the hard/easy contrast
+    is within a skill rather than between skills (instrument.md §3b)."""
+
+    name: Literal["keep_hard_stratified"] = "keep_hard_stratified"
+    by: str = Field("level", description="Column whose values are the strata (level, source, ...).")
+
+    def order(self, problems, seed):
+        return stratified_order(problems, problems[SCORE].to_numpy(dtype=float), self.by)
+
+
+class KeepEasyStratified(RuleStep):
+    """Highest difficulty score first within each stratum (by default each level), keeping the pool's mix."""
+
+    name: Literal["keep_easy_stratified"] = "keep_easy_stratified"
+    by: str = Field("level", description="Column whose values are the strata (level, source, ...).")
+
+    def order(self, problems, seed):
+        return stratified_order(problems, -problems[SCORE].to_numpy(dtype=float), self.by)
+
+
+class KeepHardStratifiedCorrect(RuleStep):
+    """Shorthand for [correct_only, keep_hard_stratified]."""
+
+    name: Literal["keep_hard_stratified_correct"] = "keep_hard_stratified_correct"
+    by: str = Field("level", description="Column whose values are the strata.")
+
+    def expand(self):
+        return [CorrectOnly(), KeepHardStratified(by=self.by)]
+
+
+class KeepEasyStratifiedCorrect(RuleStep):
+    """Shorthand for [correct_only, keep_easy_stratified]."""
+
+    name: Literal["keep_easy_stratified_correct"] = "keep_easy_stratified_correct"
+    by: str = Field("level", description="Column whose values are the strata.")
+
+    def expand(self):
+        return [CorrectOnly(), KeepEasyStratified(by=self.by)]
+
+
+def stratified_order(problems, key: np.ndarray, by: str) -> np.ndarray:
+    """A sort key that interleaves strata: a problem's place is its rank by ``key`` (ties: the ``tie`` hash) among
+    the eligible problems of its stratum, as a fraction (rank + 1/2) / stratum size. A prefix of the ranking then
+    holds each stratum in proportion to its eligible problems. Problems an earlier step dropped (``ELIGIBLE`` false)
+    go last; they are never kept."""
+    if by not in problems:
+        raise RuleError(f"stratified rule: no column {by!r} in the sample table; set `by` to one of: "
+                        + ", ".join(c for c in problems.columns if not c.startswith("_")))
+    eligible = problems[ELIGIBLE].to_numpy(dtype=bool) if ELIGIBLE in problems else np.ones(len(problems), bool)
+    strata = problems[by].astype(str).to_numpy()
+    tie = problems[TIE].to_numpy()
+    place = np.full(len(problems), np.inf)
+    for value in np.unique(strata[eligible]):
+        members = np.flatnonzero(eligible & (strata == value))
+        ranked = members[np.lexsort((tie[members], key[members]))]
+        place[ranked] = (np.arange(len(ranked)) + 0.5) / len(ranked)
+    return place
 
 
 class PassRateBand(RuleStep):
@@ -265,8 +328,9 @@ class RuleError(ValueError):
     """A rule cannot run on the given table; the message says what to add or change."""
 
 
-_STEP_TYPES = (AllProblems, Random, CorrectOnly, KeepHard, KeepEasy, KeepHardCorrect, KeepEasyCorrect, PassRateBand,
-               ScreenUnsolved, Quality, Diversity, Limo, S1)
+_STEP_TYPES = (AllProblems, Random, CorrectOnly, KeepHard, KeepEasy, KeepHardCorrect, KeepEasyCorrect,
+               KeepHardStratified, KeepEasyStratified, KeepHardStratifiedCorrect, KeepEasyStratifiedCorrect,
+               PassRateBand, ScreenUnsolved, Quality, Diversity, Limo, S1)
 #: YAML name -> step class.
 RULES: dict[str, type[RuleStep]] = {t.model_fields["name"].default: t for t in _STEP_TYPES}
 Step = Annotated[Union[_STEP_TYPES], Field(discriminator="name")]  # type: ignore[valid-type]

@@ -15,6 +15,8 @@ ALL_RULES = [
     "all", "random", "keep_hard", "keep_easy", "correct_only", ["correct_only", "keep_hard"],
     ["correct_only", "keep_easy"], "keep_hard_correct", "keep_easy_correct", {"pass_rate_band": {"lo": 0.2, "hi": 0.8}},
     "screen_unsolved", "quality", {"diversity": {"domain": "level"}}, {"limo": {"max_pass_rate": 0.5}}, "s1",
+    "keep_hard_stratified", "keep_easy_stratified", "keep_hard_stratified_correct",
+    {"keep_easy_stratified_correct": {"by": "level"}},
 ]
 
 
@@ -87,6 +89,43 @@ def test_keep_hard_and_keep_easy_order_by_pass_rate(samples):
     assert aware[C.RULE].iloc[0] == "keep_hard_correct"
     assert plan(samples, CurateConfig(rule="keep_hard", trace="shortest_correct", n=15), 0)[C.RULE].iloc[0] == \
         "correct_only+keep_hard"  # a correct trace makes the rule label-aware (configs/tiny.yaml)
+
+
+def test_stratified_rules_rank_within_levels_and_keep_the_mix():
+    # Levels 1-2 are easy, 5-6 hard, so keep_hard takes only high levels; its stratified form keeps every level in
+    # the pool's proportions (after the correctness filter: among the eligible problems) and the hardest of each.
+    rng = np.random.default_rng(3)
+    n = 600
+    level = rng.choice(np.arange(1, 7), size=n, p=[0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
+    rate = np.clip(1 - level / 7 + rng.normal(0, 0.1, n), 0, 1)
+    table = pd.DataFrame({C.PROBLEM_ID: [f"p{i}" for i in range(n)], C.SAMPLE_IDX: 0, C.LEVEL: level,
+                          C.CORRECT: rng.random(n) < np.where(level > 3, 0.5, 0.9), C.FINISH_REASON: "stop",
+                          C.PASS_RATE: rate})
+
+    def kept(rule, p, seed=0):
+        return table[plan(table, CurateConfig(rule=rule, p=p, report=False), seed)[C.KEPT].to_numpy()]
+
+    plain = kept("keep_hard", 0.2)
+    assert not set(plain[C.LEVEL]) & {1, 2}
+    for rule, label_aware in (("keep_hard_stratified", False), ("keep_hard_stratified_correct", True)):
+        eligible = table[table[C.CORRECT]] if label_aware else table
+        share = eligible[C.LEVEL].value_counts(normalize=True)
+        picked = kept(rule, 0.2)
+        assert len(picked) == 120
+        got = picked[C.LEVEL].value_counts(normalize=True)
+        assert all(abs(got.get(lv, 0.0) - share[lv]) <= 0.02 for lv in share.index), (rule, got, share)
+        for lv, group in picked.groupby(C.LEVEL):  # the hardest of each level: nothing easier left out
+            pool = eligible[eligible[C.LEVEL] == lv]
+            assert group[C.PASS_RATE].max() <= pool[C.PASS_RATE].quantile(0.3), (rule, lv)
+        if label_aware:
+            assert picked[C.CORRECT].all()
+    easy = kept("keep_easy_stratified", 0.2)
+    hard = kept("keep_hard_stratified", 0.2)
+    assert easy[C.PASS_RATE].mean() > hard[C.PASS_RATE].mean() + 0.2
+    # Nested: a smaller budget is a prefix of a larger one.
+    assert set(kept("keep_hard_stratified", 0.1)[C.PROBLEM_ID]) <= set(hard[C.PROBLEM_ID])
+    with pytest.raises(RuleError, match="no column 'domain'"):
+        plan(table, CurateConfig(rule={"keep_hard_stratified": {"by": "domain"}}, p=0.2, report=False), 0)
 
 
 def test_pass_rate_band_and_score_choice(samples):

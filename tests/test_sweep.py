@@ -26,7 +26,7 @@ from pipeline.sweep.pool import nested_subset
 from pipeline.sweep.trials import curate_rows, results_table
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("phase_smoke.yaml", "phase_tiny.yaml", "phase_gpu.yaml")
+CONFIGS = ("phase_smoke.yaml", "phase_tiny.yaml", "phase_toy.yaml", "phase_gpu.yaml")
 
 
 def _config(**changes) -> dict:
@@ -46,22 +46,35 @@ def test_shipped_configs_validate(name):
     specs = expand_grid(cfg)
     assert specs and len({s["trial_id"] for s in specs}) == len(specs)
     most_seeds = max(len(block.seeds or cfg.grid.seeds) for block in cfg.grid.blocks)
-    assert most_seeds >= (3 if name != "phase_smoke.yaml" else 1)
+    assert most_seeds >= {"phase_smoke.yaml": 1, "phase_gpu.yaml": 3}.get(name, 2)
 
 
-def test_phase_tiny_fits_the_trial_budget():
+def test_phase_tiny_is_the_gold_corner_within_the_trial_budget():
     cfg = load_sweep_config(ROOT / "configs" / "phase_tiny.yaml")
-    specs = expand_grid(cfg)
-    grid = [s for s in specs if s["kind"] == "grid"]
-    # Measured: a 300 x 16 trial takes ~90 s on one core with a second beside it (~45 s of the sweep each), and the
-    # pools ~4.5 min, so about 30 trial-sized jobs fit in 30 minutes.
-    assert cfg.finetune.steps * cfg.finetune.batch_size <= 300 * 16
-    assert len(grid) + cfg.loop.rounds * len(cfg.loop.rules) <= 30
-    assert {s["generator"] for s in grid} == {"weak", "strong"}
-    assert min(s["pool_size"] for s in grid) == 300 and max(s["pool_size"] for s in grid) == 3000
-    assert cfg.finetune.student == "toy:student" and cfg.pool.sample.k == 8 and cfg.evaluate.greedy
-    corners = [s for s in grid if s["block"] == "corners"]
-    assert {s["seed"] for s in corners} == {0, 1, 2}  # three seeds for the corners (theory.md §5)
+    grid = [s for s in expand_grid(cfg) if s["kind"] == "grid"]
+    # bench/trial_cost.py: a 300 x 16 trial (900 held-out problems) costs ~85 s of one core beside a second trial
+    # on an idle machine, and the pools (oracle k = 16 on 3,000 problems, its k = 64 audit) ~4 min, so about 25
+    # trials fit in 30 minutes on 2 cores.
+    assert cfg.finetune.steps * cfg.finetune.batch_size <= 300 * 16 and len(grid) <= 26 and not cfg.loop.rounds
+    assert [g.model for g in cfg.pool.generators.values()] == ["toy:gold"]
+    assert cfg.pool.oracle.model == cfg.finetune.student == "toy:student_all_levels"  # an oracle, not the generator
+    assert {s["pool_size"] for s in grid} == {3000} and {s["keep_fraction"] for s in grid} >= {0.1, 0.3, 1.0}
+    assert {s["rule"] for s in grid} >= {"random", "keep_hard_stratified", "keep_easy_stratified",
+                                         "keep_hard_stratified_correct", "keep_easy_stratified_correct"}
+    corner = [s for s in grid if s["block"] == "corner"]
+    assert {s["seed"] for s in corner} == {0, 1}
+    assert {s["keep_fraction"] for s in grid if s["rule"] == "random"} >= {0.1, 0.3, 0.5}  # random at every p < 1
+
+
+def test_phase_toy_covers_the_diagram():
+    cfg = load_sweep_config(ROOT / "configs" / "phase_toy.yaml")
+    grid = [s for s in expand_grid(cfg) if s["kind"] == "grid"]
+    sizes = sorted({s["pool_size"] for s in grid})
+    assert sizes[0] <= 300 and sizes[-1] >= 10000 and len(sizes) >= 4
+    assert {s["keep_fraction"] for s in grid} >= {0.1, 0.2, 0.3, 0.5, 1.0}
+    assert {g.model for g in cfg.pool.generators.values()} >= {"toy:gold", "toy:gold,eps=0.1", "toy:gold,eps=0.3"}
+    assert any(s["oracle_noise"] > 0 for s in grid) and {s["seed"] for s in grid} == {0, 1}
+    assert cfg.loop.rounds >= 4 and cfg.loop.only_if_better
 
 
 @pytest.mark.parametrize("change, message", [
@@ -136,6 +149,53 @@ def test_pool_rows_come_in_the_same_order_whatever_the_part_file_names(tmp_path)
         table = pool_samples({"generators": {"g": {"directory": str(d)}}}, "g")
         orders.append(list(zip(table[C.PROBLEM_ID], table[C.SAMPLE_IDX])))
     assert orders[0] == orders[1] == [("p1", 0), ("p1", 1), ("p2", 0), ("p2", 1)]
+
+
+def test_a_separate_oracle_scores_difficulty_and_is_measured_against_its_reference(tmp_path):
+    # The gold generator solves everything (its own pass rate is 1 everywhere: no difficulty signal); the oracle's
+    # pass rate (the untouched student's) becomes the score every rule ranks by, and its concordance with a reference
+    # difficulty (the same model at a larger k) gives rho*.
+    from pipeline.sweep.calibrate import oracle_reference
+    from pipeline.sweep.pool import pool_samples
+
+    rng = np.random.default_rng(0)
+    n, k = 200, 4
+    ids = [f"p{i:03d}" for i in range(n)]
+    truth = rng.random(n)  # the oracle model's true pass probability per problem
+    gen_dir, oracle_dir = tmp_path / "gen", tmp_path / "oracle"
+    gen_dir.mkdir(), oracle_dir.mkdir()
+    pd.DataFrame({C.PROBLEM_ID: np.repeat(ids, k), C.SAMPLE_IDX: np.tile(np.arange(k), n), C.LEVEL: 1,
+                  C.CORRECT: True, C.FINISH_REASON: "stop", C.PASS_RATE: 1.0, C.CI_LOW: 0.5, C.CI_HIGH: 1.0,
+                  C.TIER: "solved", C.N_SAMPLES: k, C.N_CORRECT: k, C.DIFFICULTY_MODEL: "toy:gold"}
+                 ).to_parquet(gen_dir / "part-0.parquet")
+    score = rng.binomial(16, truth) / 16  # the oracle at k = 16
+    pd.DataFrame({C.PROBLEM_ID: ids, C.PASS_RATE: score, C.CI_LOW: score - 0.1, C.CI_HIGH: score + 0.1,
+                  C.TIER: "medium"}).to_parquet(oracle_dir / "part-0.parquet")
+    audit = tmp_path / "audit.parquet"
+    pd.DataFrame({"problem_id": ids[:100], "level": 1, "reference_pass_rate": rng.binomial(64, truth[:100]) / 64}
+                 ).to_parquet(audit)
+    manifest = {"generators": {"gold": {"directory": str(gen_dir)}},
+                "oracle": {"model": "toy:student", "k": 16, "directory": str(oracle_dir),
+                           "audit": {"path": str(audit), "k": 64, "problems": 100}}}
+    table = pool_samples(manifest, "gold")
+    assert (table[C.DIFFICULTY_MODEL] == "toy:student").all() and (table[C.N_CORRECT] == k).all()
+    by_problem = table.drop_duplicates(C.PROBLEM_ID).set_index(C.PROBLEM_ID)[C.PASS_RATE]
+    assert np.allclose(by_problem.loc[ids].to_numpy(), score)
+    rows, _ = curate_rows(table, "keep_hard", 0.2, 0.0, 0.0, seed=0)
+    kept = set(rows[C.PROBLEM_ID])
+    assert len(kept) == 40 and max(by_problem[list(kept)]) <= np.sort(score)[40]  # the oracle's hardest
+    concordance, text = oracle_reference(manifest, lambda g: table, (0.0, 1.0), seed=0)
+    assert concordance[0.0] > 0.85 and abs(concordance[1.0] - 0.5) < 0.1  # eta = 1: random scores
+    assert "k = 16" in text and "k = 64" in text and "100 audit problems" in text
+    assert oracle_reference({"generators": {}}, lambda g: table, (0.0,), 0) == ({}, None)
+
+
+def test_pool_oracle_config_checks():
+    cfg = parse_sweep_config(_config(**{"pool.oracle": {"model": "toy:test", "k": 8, "audit_problems": 20}}))
+    assert cfg.pool.oracle.k == 8 and cfg.pool.oracle.audit_k == 64
+    with pytest.raises(ConfigError, match="oracle"):
+        parse_sweep_config(_config(**{"pool.oracle": {"model": "toy:test"}, "pool.generators": {
+            "oracle": {"model": "toy:test"}}}))
 
 
 def test_pool_sizes_are_nested_random_subsets_per_seed():
@@ -310,3 +370,20 @@ def test_report_only_needs_a_sweep_that_reached_its_trials(tmp_path):
     cfg = parse_sweep_config(_config(output_root=str(tmp_path)))
     with pytest.raises(ConfigError, match="run `lessmore sweep CONFIG` first"):
         rewrite_report(cfg)
+
+
+def test_loop_passes_a_round_model_on_only_if_it_beats_the_untouched_student(tmp_path):
+    from pipeline.sweep.trials import _next_generator
+
+    def entry(acc):
+        return {"metrics": {"greedy_accuracy": {"overall": {"value": acc}}}}
+
+    model = tmp_path / "round_1" / "model"
+    # The plain loop: every round's model generates the next round.
+    assert _next_generator(entry(0.1), model, 1, None, "toy:gold", None)[0] == str(model)
+    # Gated: a model that beats the bar passes on; one that does not leaves the previous generator in place.
+    assert _next_generator(entry(0.6), model, 1, None, "toy:gold", 0.5)[2] == "round 1 model"
+    ref, path, text = _next_generator(entry(0.4), model, 1, None, "toy:gold,eps=0.1", 0.5)
+    assert ref == path == "toy:gold,eps=0.1" and "did not beat" in text
+    earlier = ("/x/round_1/model", "/x/round_1/model", "round 1 model")
+    assert _next_generator(entry(0.4), tmp_path / "round_2" / "model", 2, earlier, "toy:gold", 0.5) == earlier

@@ -98,8 +98,11 @@ def test_tokenizer_splits_digits_and_round_trips(tmp_path):
 
 
 def test_specs_validate_and_fingerprint():
-    assert set(TOY_MODELS) == {"strong", "weak", "student", "test"}
+    assert set(TOY_MODELS) == {"strong", "weak", "student", "student_all_levels", "test"}
     assert max(TOY_MODELS["student"].train_levels) <= 3
+    assert TOY_MODELS["student_all_levels"].train_levels == (1, 2, 3, 4, 5, 6)
+    # Equal specs share one build: the all-level student is the strong model's directory.
+    assert toy_model_dir("student_all_levels") == toy_model_dir("strong")
     assert TOY_MODELS["strong"].fingerprint() != TOY_MODELS["weak"].fingerprint()
     assert ToyModelSpec().fingerprint() == ToyModelSpec().fingerprint()
     with pytest.raises(ValueError, match="must divide"):
@@ -207,3 +210,70 @@ def test_test_model_loads_and_solves_easy_problems(toy_test_model, monkeypatch):
 
     monkeypatch.setattr(toymodel, "_build", no_build)
     assert ensure_toy_model("test") == model_dir
+
+
+# -- the gold generator ----------------------------------------------------------------------------------------------
+
+
+def test_gold_generator_is_the_worked_solution_at_eps_zero():
+    from pipeline.toyworld import gold_solution
+
+    for row in make_problems(300, seed=5):
+        assert gold_solution(row["problem"]) == row["solution"]
+    assert gold_solution("What is 2 + 2?") is None
+
+
+@pytest.mark.parametrize("eps", [0.03, 0.1, 0.3])
+def test_gold_errors_are_a_fixed_fraction_of_coherent_wrong_traces(eps):
+    from pipeline.toyworld import gold_errs, gold_solution
+
+    rows = make_problems(3000, seed=7)
+    wrong = [row for row in rows if gold_errs(row["problem"], eps)]
+    assert abs(len(wrong) / len(rows) - eps) < 3 * (eps * (1 - eps) / len(rows)) ** 0.5 + 0.002
+    # Nested in eps: a problem wrong at eps is wrong at every larger eps. Levels are hit alike.
+    assert all(gold_errs(row["problem"], min(1.0, eps * 2)) for row in wrong)
+    for row in rows:
+        text = gold_solution(row["problem"], eps)
+        assert text == gold_solution(row["problem"], eps)  # deterministic: the same trace every time
+        if not gold_errs(row["problem"], eps):
+            assert text == row["solution"]
+            continue
+        # Coherent: exactly one step miscomputed, by 1 or 10, and every later step computed from the wrong value.
+        start, operations = int(PROMPT.fullmatch(row["problem"]).group(1)), re.findall(
+            r"([-+*])(\d+)", PROMPT.fullmatch(row["problem"]).group(2))
+        steps = re.findall(r"(-?\d+)([-+*])(\d+)=(-?\d+)\.", text)
+        assert len(steps) == row["level"] and int(steps[0][0]) == start
+        slips = []
+        for index, ((left, op, operand, result), (op2, operand2)) in enumerate(zip(steps, operations, strict=True)):
+            assert (op, operand) == (op2, operand2)
+            if index:
+                assert int(left) == int(steps[index - 1][3])  # carried forward
+            exact = {"+": int(left) + int(operand), "-": int(left) - int(operand), "*": int(left) * int(operand)}[op]
+            if int(result) != exact:
+                slips.append(int(result) - exact)
+        assert len(slips) == 1 and slips[0] in (1, -1, 10, -10)
+        answer = BOXED.findall(text)[-1]
+        assert answer == steps[-1][3] and answer != row["answer"]
+
+
+def test_gold_model_references_and_backend():
+    from pipeline.models import model_fingerprint, resolve_model
+    from pipeline.toyworld import parse_gold
+    from stages.sample import SampleConfig, SampleStage
+
+    assert parse_gold("toy:gold") == 0.0 and parse_gold("toy:gold,eps=0.1") == 0.1
+    for bad in ("toy:gold,eps=2", "toy:gold,rho=1", "toy:gold,eps=x"):
+        with pytest.raises(ValueError, match="toy:gold"):
+            parse_gold(bad)
+    assert resolve_model("toy:gold,eps=0.1") == "toy:gold,eps=0.1"  # no weights: nothing is built
+    assert model_fingerprint("toy:gold") != model_fingerprint("toy:gold,eps=0.1")
+    rows = make_problems(40, seed=2)
+    # backend: hf as a pool shares it with neural generators; the gold model still runs on its solver.
+    stage = SampleStage(SampleConfig(model="toy:gold,eps=0.3", k=3, backend="hf"))
+    out = stage({"problem_id": [str(i) for i in range(40)], "problem": [r["problem"] for r in rows],
+                 "answer": [r["answer"] for r in rows]})
+    assert len(out["completion"]) == 120 and set(out["finish_reason"]) == {"stop"}
+    for i in range(40):
+        assert len(set(out["completion"][3 * i: 3 * i + 3])) == 1  # k samples agree: the error is systematic
+    bad = stage({"problem_id": ["x"], "problem": ["no chain here"], "answer": ["1"]})
+    assert bad["finish_reason"] == ["error"] * 3 and "toy:gold" in bad["error"][0]

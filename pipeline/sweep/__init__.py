@@ -25,7 +25,8 @@
 Rules (``RULE_SPECS``): ``all``, ``random``, ``keep_hard``, ``keep_easy`` train on the generator's completions whether
 correct or not (the theory's label-agnostic rules; one completion per problem); ``correct_only``,
 ``keep_hard_correct``, ``keep_easy_correct``, ``random_correct`` train on verified-correct completions only
-(label-aware). At p = 1
+(label-aware); ``keep_hard_stratified``, ``keep_easy_stratified`` and their ``_correct`` forms rank within each
+level, keeping the pool's level mix. At p = 1
 every label-agnostic rule keeps the same rows as ``all`` and every label-aware one the same as ``correct_only``, so
 those cells are computed once and shared by the curves.
 

@@ -81,8 +81,9 @@ def level_concordance(scores, levels) -> float:
     return float(wins / pairs) if pairs else float("nan")
 
 
-def oracle_accuracy(samples, eta: float, seed: int) -> float:
-    """Concordance with the levels of the difficulty score the rules see under oracle noise ``eta``."""
+def oracle_accuracy(samples, eta: float, seed: int, reference=None) -> float:
+    """Concordance of the difficulty score the rules see under oracle noise ``eta`` with the levels, or with a
+    reference difficulty (``reference``: problem_id -> reference pass rate, high = easy) on its problems."""
     from pipeline import columns as C
     from stages.curate import CurateConfig, plan
 
@@ -90,7 +91,29 @@ def oracle_accuracy(samples, eta: float, seed: int) -> float:
     decided = plan(samples, plan_cfg, seed)
     frame = samples[[C.PROBLEM_ID, C.LEVEL]].assign(score=decided[C.CURATION_SCORE].to_numpy())
     problems = frame.drop_duplicates(C.PROBLEM_ID)
-    return level_concordance(problems["score"], problems[C.LEVEL])
+    if reference is None:
+        return level_concordance(problems["score"], problems[C.LEVEL])
+    problems = problems[problems[C.PROBLEM_ID].isin(reference.index)]
+    # A higher reference pass rate is an easier problem, like a lower level.
+    return level_concordance(problems["score"], -problems[C.PROBLEM_ID].map(reference).to_numpy(dtype=float))
+
+
+def oracle_reference(manifest, samples_of, etas, seed: int) -> tuple[dict[float, float], str | None]:
+    """eta -> concordance of a separate oracle's score (as the rules see it under noise eta) with its reference
+    difficulty on the audit problems, and a description of the audit; ({}, None) without a ``pool.oracle``."""
+    import pandas as pd
+
+    oracle = manifest.get("oracle")
+    if not oracle or not oracle.get("audit"):
+        return {}, None
+    audit = oracle["audit"]
+    reference = pd.read_parquet(audit["path"]).set_index("problem_id")["reference_pass_rate"]
+    samples = samples_of(next(iter(manifest["generators"])))
+    if samples is None:
+        return {}, None
+    out = {eta: oracle_accuracy(samples, eta, seed, reference) for eta in etas}
+    return out, (f"{oracle['model']} at k = {oracle['k']} against itself at k = {audit['k']} (other seeds) on "
+                 f"{audit['problems']} audit problems")
 
 
 @dataclass
@@ -151,6 +174,9 @@ class Calibration:
     oracle_concordance: dict[float, float]  # eta -> concordance of the difficulty score with the levels
     reference: str  # what the gate compares with: "untouched student" or "chance (error 0.5)"
     notes: list[str]
+    # eta -> concordance of a separate oracle (pool.oracle) with its reference difficulty, and the audit as text
+    oracle_reference: dict[float, float] = field(default_factory=dict)
+    oracle_audit: str | None = None
 
     @property
     def trace_accuracy(self) -> dict[tuple[str, float], float]:
@@ -187,7 +213,8 @@ def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=N
     etas = sorted({k[5] for k in meas.cells} | {0.0})
     concordance: dict[float, float] = {}
     gens = manifest.get("generators", {})
-    if rs.oracle_accuracy is None and gens and not meas.exact:
+    reference, audit = oracle_reference(manifest, samples_of, etas, cfg.grid.seeds[0])
+    if rs.oracle_accuracy is None and gens and not meas.exact and not reference:
         best = max(gens, key=lambda g: gens[g].get("trace_accuracy") or 0.0)
         samples = samples_of(best)
         if samples is not None and "level" in samples and samples["level"].notna().any():
@@ -206,12 +233,20 @@ def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=N
             continue
         if "rho_g" in fields:
             rho_g, g_source = fields["rho_g"], "the trial results (set by the world)"
+        elif reference and rs.rho_g is None:  # a separate oracle: rho* measured, errors independent of rho's
+            c = reference.get(0.0, float("nan"))
+            raw = math.cos(math.pi * (1 - max(c, 0.5)))
+            rho_g, g_source = rho * raw, "rho * rho*: the oracle (pool.oracle) is not the generator, errors taken as independent"
         elif rs.rho_g is not None:
             rho_g, g_source = rs.rho_g, "report.rho_g"
         else:
             rho_g, g_source = 1.0, "difficulty is the generator's own pass rate: the oracle is the generator"
         if "rho_star" in fields:
             raw, s_source = fields["rho_star"], "the trial results (set by the world)"
+        elif reference and rs.oracle_accuracy is None:
+            raw = math.cos(math.pi * (1 - max(reference.get(0.0, float("nan")), 0.5)))
+            s_source = (f"concordance {reference.get(0.0, float('nan')):.3f} of the oracle's score with the reference "
+                        f"difficulty ({audit}), as cos(pi (1 - c))")
         elif rho_g >= 1.0 - 1e-9:
             raw, s_source = rho, "= rho: the oracle is the generator"
         elif rs.oracle_accuracy is not None:
@@ -244,12 +279,12 @@ def calibrate(meas: Measurements, manifest, cfg, samples_of, reference_correct=N
         variants[variant] = vc
     _share_dimension(variants, notes)
     chance = reference_correct is None or meas.exact
-    reference = "chance (error 0.5)" if chance else "the untouched student"
+    reference_name = "chance (error 0.5)" if chance else "the untouched student"
     if chance:
         notes.append("the regime gate compares training on everything at the largest pool with chance (error 0.5): "
                      + ("the trials carry exact errors (a linear world), whose untrained student is chance"
                         if meas.exact else "no untouched student was evaluated"))
-    return Calibration(task, variants, concordance, reference, notes)
+    return Calibration(task, variants, concordance, reference_name, notes, reference, audit)
 
 
 def measured_geometry(samples) -> dict[str, float] | None:
@@ -422,6 +457,10 @@ def calibration_json(cal: Calibration, meas: Measurements) -> dict[str, Any]:
     """``calibration.json``: per generator the theory's parameters, their sources, the fit and the gate."""
     out: dict[str, Any] = {"task": cal.task, "gate_reference": cal.reference, "notes": cal.notes,
                            "oracle_concordance_with_levels": {f"{k:g}": v for k, v in cal.oracle_concordance.items()},
+                           "oracle_concordance_with_reference": {f"{k:g}": v for k, v in cal.oracle_reference.items()},
+                           "oracle_rho_star_by_eta": {f"{k:g}": math.cos(math.pi * (1 - max(v, 0.5)))
+                                                      for k, v in cal.oracle_reference.items()},
+                           "oracle_audit": cal.oracle_audit,
                            "generators": {}}
     for variant, vc in cal.variants.items():
         out["generators"][variant_label(variant)] = {

@@ -31,13 +31,28 @@ RULE_SPECS: dict[str, dict[str, Any]] = {
     "keep_hard_correct": {"rule": "keep_hard_correct"},
     "keep_easy_correct": {"rule": "keep_easy_correct"},
     "random_correct": {"rule": "random", "label_aware": True},
+    # Ranked within each level, keeping the pool's level mix: difficulty within a skill (instrument.md §3b).
+    "keep_hard_stratified": {"rule": "keep_hard_stratified", "label_aware": False},
+    "keep_easy_stratified": {"rule": "keep_easy_stratified", "label_aware": False},
+    "keep_hard_stratified_correct": {"rule": "keep_hard_stratified_correct"},
+    "keep_easy_stratified_correct": {"rule": "keep_easy_stratified_correct"},
 }
-LABEL_AWARE_RULES = ("correct_only", "keep_hard_correct", "keep_easy_correct", "random_correct")
+LABEL_AWARE_RULES = ("correct_only", "keep_hard_correct", "keep_easy_correct", "random_correct",
+                     "keep_hard_stratified_correct", "keep_easy_stratified_correct")
 # Each label-aware rule is its label-agnostic form behind the correctness filter (``all`` ranks nothing).
 LABEL_AGNOSTIC_FORM = {"correct_only": "all", "keep_hard_correct": "keep_hard", "keep_easy_correct": "keep_easy",
-                       "random_correct": "random"}
+                       "random_correct": "random", "keep_hard_stratified_correct": "keep_hard_stratified",
+                       "keep_easy_stratified_correct": "keep_easy_stratified"}
 # Rules that rank by the difficulty score: the only ones oracle noise can change.
-SCORED_RULES = ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct")
+SCORED_RULES = ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct", "keep_hard_stratified",
+                "keep_easy_stratified", "keep_hard_stratified_correct", "keep_easy_stratified_correct")
+# The keep-hard / keep-easy pairs the report and the verdicts compare (label-agnostic first, then label-aware).
+HARD_EASY_PAIRS = (("keep_hard", "keep_easy"), ("keep_hard_correct", "keep_easy_correct"),
+                   ("keep_hard_stratified", "keep_easy_stratified"),
+                   ("keep_hard_stratified_correct", "keep_easy_stratified_correct"))
+
+
+ORACLE_POOL = "oracle"  # pool.oracle's samples live in run_dir/pool/oracle/
 
 
 def family_baseline(rule: str) -> str:
@@ -60,6 +75,21 @@ class GeneratorSpec(Frozen):
     )
 
 
+class OracleModel(Frozen):
+    """A difficulty oracle that is not the generator: a model's pass rate over k samples of each pool problem (the
+    LIMO / s1 practice: keep what the model to be trained fails). Its quality is measured against a reference
+    difficulty, the same model at a larger k (with other seeds) on an audit subset of the pool."""
+
+    model: str = Field(description="The oracle model (toy:NAME, a directory or a hub id), usually the untouched "
+                       "student (finetune.student).")
+    k: int = Field(16, ge=1, description="Samples per pool problem; the pass rate over them is the difficulty score "
+                   "every rule ranks by.")
+    temperature: float | None = Field(None, ge=0, description="Sampling temperature (default: pool.sample's).")
+    audit_problems: int = Field(500, ge=2, description="Pool problems the reference difficulty is measured on.")
+    audit_k: int = Field(64, ge=1, description="Samples per audit problem: the reference pass rate, drawn with "
+                         "seeds the oracle's own samples do not use.")
+
+
 class PoolConfig(Frozen):
     """The shared pool: problems, and for each generator its sampled, verified and scored completions."""
 
@@ -74,6 +104,17 @@ class PoolConfig(Frozen):
     )
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="The verifier of the pool and evaluation.")
     difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig, description="Pass-rate settings.")
+    oracle: OracleModel | None = Field(
+        None, description="A difficulty oracle that is not the generator (its pass rate replaces each generator's "
+        "own as the difficulty score), sampled once into run_dir/pool/oracle/. None: each generator's own pass rate "
+        "(the oracle is the generator), or a linear world's oracle margin."
+    )
+
+    @model_validator(mode="after")
+    def _oracle_name(self) -> "PoolConfig":
+        if self.oracle is not None and ORACLE_POOL in self.generators:
+            raise ValueError(f"generators: {ORACLE_POOL!r} names the oracle's pool directory; rename the generator")
+        return self
 
     @field_validator("generators")
     @classmethod
@@ -207,6 +248,11 @@ class LoopConfig(Frozen):
     )
     keep_fraction: float = Field(0.3, gt=0, le=1, description="p of the difficulty rules in the loop.")
     seed: int = Field(0, description="Seed of the loop's problem draws, selection and training.")
+    only_if_better: bool = Field(
+        False, description="A round's model generates the next round's data only if its held-out accuracy beats the "
+        "untouched student's (round 0); otherwise the next round samples fresh problems from the generator this "
+        "round used. False: every round's model generates the next round (the plain collapse loop)."
+    )
 
     @field_validator("rules")
     @classmethod
@@ -326,6 +372,9 @@ class SweepConfig(Frozen):
         from pipeline.linearworld import PREFIX, parse_spec
 
         linear_source = self.pool.source.kind == "linear"
+        if self.pool.oracle is not None and linear_source:
+            raise ValueError("pool.oracle: a linear world's oracle is pool.source.oracle (or a generator's oracle); "
+                             "remove pool.oracle")
         with_oracle = [name for name, spec in self.pool.generators.items() if spec.oracle is not None]
         if with_oracle and not linear_source:
             raise ValueError(f"pool.generators.{with_oracle[0]}.oracle: only a linear world has an oracle; remove it "

@@ -87,6 +87,13 @@ def markdown(cfg, table, manifest, reference, timing, meas, cal, pred, cells, gr
                      by_level or "-", fmt(g.get("solved_any"))])
     parts.append(md_table(["generator", "model", "problems", "samples", "trace accuracy", "by level",
                             "solved by >= 1 sample"], rows))
+    oracle = manifest.get("oracle")
+    if oracle:
+        by_eta = ", ".join(f"eta {k:g}: {v:.3f}" for k, v in cal.oracle_reference.items()) or "not measured"
+        parts += ["", f"Difficulty oracle (not the generator): `{oracle['model']}`, pass rate over k = {oracle['k']} "
+                  f"samples of each pool problem (mean {fmt(oracle.get('mean_pass_rate'))}, solved by >= 1 sample "
+                  f"{fmt(oracle.get('solved_any'))}). Concordance with its reference difficulty "
+                  f"({cal.oracle_audit}): {by_eta}."]
     ref_rows, header = [], ["model"]
     for name, model in (reference or {}).get("models", {}).items():
         metric = "greedy_accuracy" if "greedy_accuracy" in model["metrics"] else next(iter(model["metrics"]))

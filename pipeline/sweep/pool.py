@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import io
-from pipeline.sweep.config import SweepConfig, code_version, trial_config_json
+from pipeline.sweep.config import ORACLE_POOL, SweepConfig, code_version, trial_config_json
 from pipeline.sweep.layout import MANIFEST_FILE, POOL_DIR, REFERENCE_DIR
 
 
@@ -37,17 +37,93 @@ def pool_geometry(cfg: SweepConfig, generator: str):
 
 
 def pool_run_config(cfg: SweepConfig, generator: str):
-    """The runner config that builds one generator's pool: source -> sample -> verify -> difficulty."""
+    """The runner config that builds one generator's pool (source -> sample -> verify -> difficulty); with
+    ``generator`` = ``ORACLE_POOL``, the samples of ``pool.oracle`` on the same problems."""
     from pipeline.config import RunConfig
 
-    spec = cfg.pool.generators[generator]
-    sample = cfg.pool.sample.model_copy(update={"model": spec.model, "gguf_file": spec.gguf_file})
+    if generator == ORACLE_POOL and cfg.pool.oracle is not None:
+        oracle = cfg.pool.oracle
+        update = {"model": oracle.model, "gguf_file": None, "k": oracle.k, "rounds": None}
+        if oracle.temperature is not None:
+            update["temperature"] = oracle.temperature
+        sample, source = cfg.pool.sample.model_copy(update=update), cfg.pool.source
+    else:
+        spec = cfg.pool.generators[generator]
+        sample = cfg.pool.sample.model_copy(update={"model": spec.model, "gguf_file": spec.gguf_file})
+        source = pool_source(cfg, generator)
     return RunConfig.model_validate({
         "name": generator, "output_root": str(cfg.resolved_run_dir), "run_dir": f"{POOL_DIR}/{generator}",
         "seed": cfg.seed, "ray": cfg.ray,
-        "stages": (("source", pool_source(cfg, generator)), ("sample", sample), ("verify", cfg.pool.verify),
+        "stages": (("source", source), ("sample", sample), ("verify", cfg.pool.verify),
                    ("difficulty", cfg.pool.difficulty)),
     })
+
+
+def build_oracle(cfg: SweepConfig, console=None) -> dict[str, Any] | None:
+    """Sample ``pool.oracle`` on the pool's problems (skipped when up to date) and measure it against its reference
+    difficulty on the audit subset (cached); the manifest's ``oracle`` entry. None without ``pool.oracle``."""
+    import numpy as np
+
+    from pipeline import columns as C
+    from pipeline.runner import run
+
+    oracle = cfg.pool.oracle
+    if oracle is None:
+        return None
+    result = run(pool_run_config(cfg, ORACLE_POOL), console=console)
+    by_stage = {s.name: s for s in result.stages}
+    directory, fingerprint = by_stage["difficulty"].directory, by_stage["difficulty"].fingerprint
+    table = io.read_columns(directory, [C.PROBLEM_ID, C.PASS_RATE]).to_pandas().drop_duplicates(C.PROBLEM_ID)
+    audit = oracle_audit(cfg, by_stage["source"].directory, fingerprint, console)
+    return {"model": oracle.model, "k": oracle.k, "directory": directory, "fingerprint": fingerprint,
+            "problems": int(len(table)), "mean_pass_rate": float(table[C.PASS_RATE].mean()),
+            "solved_any": float(np.mean(table[C.PASS_RATE] > 0)), "audit": audit,
+            "seconds": round(sum(s.seconds for s in result.stages), 1)}
+
+
+AUDIT_FILE = "audit.parquet"
+AUDIT_SEED_OFFSET = 7_777_777  # the reference samples' seeds: none of them is a seed of the oracle's own samples
+
+
+def oracle_audit(cfg: SweepConfig, source_dir: str, oracle_fingerprint: str, console=None) -> dict[str, Any]:
+    """The reference difficulty: ``pool.oracle``'s pass rate over ``audit_k`` fresh samples (other seeds) of
+    ``audit_problems`` pool problems, written to ``pool/oracle/audit.parquet`` (problem_id, level,
+    reference_pass_rate); cached by the oracle pool's fingerprint and the audit settings."""
+    import pandas as pd
+
+    from pipeline import columns as C
+    from pipeline.evaluate import generate_and_verify
+    from pipeline.models import resolve_model
+    from stages.verify import VerifyStage
+
+    oracle = cfg.pool.oracle
+    out = cfg.resolved_run_dir / POOL_DIR / ORACLE_POOL / "audit"
+    fp = io.digest(oracle_fingerprint, oracle.audit_problems, oracle.audit_k, code_version())
+    summary = {"path": str(out / AUDIT_FILE), "k": oracle.audit_k}
+    if io.marker_matches(out, fp):
+        return {**summary, "problems": int(len(pd.read_parquet(out / AUDIT_FILE)))}
+    problems = io.read_table(source_dir).to_pandas()
+    if C.REJECT_REASON in problems:  # quarantined input is no pool problem
+        problems = problems[problems[C.REJECT_REASON].isna()]
+    chosen = set(nested_subset(problems[C.PROBLEM_ID], oracle.audit_problems, cfg.seed))
+    rows = problems[problems[C.PROBLEM_ID].isin(chosen)].sort_values(C.PROBLEM_ID)
+    rows = rows.drop(columns=[c for c in rows.columns if c == C.REJECT_REASON]).to_dict("records")
+    if console is not None:
+        console.print(f"[bold cyan]oracle audit[/]: {oracle.model} x {oracle.audit_k} samples on {len(rows)} problems")
+    update = {"k": oracle.audit_k, "rounds": None, "cache_dir": None, "seed": cfg.seed + AUDIT_SEED_OFFSET}
+    if oracle.temperature is not None:
+        update["temperature"] = oracle.temperature
+    sample_cfg = cfg.pool.sample.model_copy(update=update)
+    verified = pd.DataFrame(generate_and_verify(oracle.model, resolve_model(oracle.model), rows, sample_cfg,
+                                                VerifyStage(cfg.pool.verify), cfg.evaluate.batch_size,
+                                                cfg.seed + AUDIT_SEED_OFFSET))
+    usable = verified[verified[C.FINISH_REASON] != "error"]
+    reference = usable.groupby(C.PROBLEM_ID).agg(level=(C.LEVEL, "first"), reference_pass_rate=(C.CORRECT, "mean"))
+    out.mkdir(parents=True, exist_ok=True)
+    reference.reset_index().to_parquet(out / AUDIT_FILE, index=False)
+    io.write_marker(out, fp)
+    return {**summary, "problems": int(len(reference))}
+
 
 
 def build_pools(cfg: SweepConfig, console=None) -> dict[str, Any]:
@@ -55,7 +131,8 @@ def build_pools(cfg: SweepConfig, console=None) -> dict[str, Any]:
 
     The manifest holds, per generator, the difficulty stage's directory and fingerprint, the model, and the pool's
     trace accuracy overall and per level (the generator-quality proxy of the theory); in a linear world also
-    ``linear``: the set geometry (``dim``, ``rho``, ``rho_star``, ``rho_g``, ``sigma``).
+    ``linear``: the set geometry (``dim``, ``rho``, ``rho_star``, ``rho_g``, ``sigma``). With ``pool.oracle``, an
+    ``oracle`` entry (``build_oracle``): its difficulty directory, fingerprint and audit.
     """
     from pipeline.linearworld import parse_spec
 
@@ -65,6 +142,9 @@ def build_pools(cfg: SweepConfig, console=None) -> dict[str, Any]:
     from pipeline.runner import run
 
     manifest: dict[str, Any] = {"generators": {}}
+    oracle = build_oracle(cfg, console)
+    if oracle is not None:
+        manifest["oracle"] = oracle
     for name, spec in cfg.pool.generators.items():
         result = run(pool_run_config(cfg, name), console=console)
         by_stage = {s.name: s for s in result.stages}
@@ -78,7 +158,9 @@ def build_pools(cfg: SweepConfig, console=None) -> dict[str, Any]:
             "model": spec.model,
             "directory": by_stage["difficulty"].directory,
             "source_directory": by_stage["source"].directory,
-            "fingerprint": by_stage["difficulty"].fingerprint,
+            # A trial's data depends on the oracle's scores too.
+            "fingerprint": (by_stage["difficulty"].fingerprint if oracle is None
+                            else io.digest(by_stage["difficulty"].fingerprint, oracle["fingerprint"])),
             "problems": int(len(problems)),
             "samples": int(len(table)),
             "trace_accuracy": float(table[C.CORRECT].mean()) if len(table) else float("nan"),
@@ -105,7 +187,8 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def pool_samples(manifest: dict[str, Any], generator: str):
-    """One generator's pool as a pandas table: one row per sample, with pass rates (completion text included).
+    """One generator's pool as a pandas table: one row per sample, with pass rates (completion text included); with
+    an oracle in the manifest, its pass rate (and interval, tier, model) is the difficulty.
 
     Rows are sorted by problem and sample: part files are named at random per run, and the row order decides a
     trial's training order, so without the sort two fresh runs of one sweep would train on differently ordered data.
@@ -113,6 +196,14 @@ def pool_samples(manifest: dict[str, Any], generator: str):
     from pipeline import columns as C
 
     table = io.read_table(manifest["generators"][generator]["directory"]).to_pandas()
+    oracle = manifest.get("oracle")
+    if oracle is not None:  # the oracle's pass rate is the difficulty; n_samples / n_correct stay the generator's
+        scored = (C.PASS_RATE, C.CI_LOW, C.CI_HIGH, C.TIER)
+        scores = io.read_columns(oracle["directory"], [C.PROBLEM_ID, *scored]).to_pandas()
+        scores = scores.drop_duplicates(C.PROBLEM_ID).set_index(C.PROBLEM_ID)
+        for col in scored:
+            table[col] = table[C.PROBLEM_ID].map(scores[col]).to_numpy()
+        table[C.DIFFICULTY_MODEL] = oracle["model"]
     return table.sort_values([C.PROBLEM_ID, C.SAMPLE_IDX], kind="stable").reset_index(drop=True)
 
 

@@ -26,6 +26,9 @@ THEORY_RULES = {
     "all": ("all", False), "random": ("random", False), "keep_hard": ("keep_hard", False),
     "keep_easy": ("keep_easy", False), "correct_only": ("all", True), "random_correct": ("random", True),
     "keep_hard_correct": ("keep_hard", True), "keep_easy_correct": ("keep_easy", True),
+    # Ranked within each level: the theory's keep-hard / keep-easy within one skill (its learner has one).
+    "keep_hard_stratified": ("keep_hard", False), "keep_easy_stratified": ("keep_easy", False),
+    "keep_hard_stratified_correct": ("keep_hard", True), "keep_easy_stratified_correct": ("keep_easy", True),
 }
 N_OVER_D_SCAN = tuple(float(x) for x in np.geomspace(0.5, 1000.0, 40))  # where "anywhere" looks without a d_eff
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.sweep.calibrate import Calibration, calibrate, calibration_json, quality_order
+from pipeline.sweep.config import HARD_EASY_PAIRS
 from pipeline.sweep.layout import REFERENCE_DIR, REPORT_DIR
 from pipeline.sweep.markdown import markdown
 from pipeline.sweep.measure import OVERALL, Measurements, loop_rounds, phase_cell, rule_winner, significant_below
@@ -76,7 +77,7 @@ def winner_table(meas: Measurements, cal: Calibration):
     variants = quality_order(meas, cal)
     sizes = meas.sizes()
     out = []
-    for hard, easy in (("keep_hard", "keep_easy"), ("keep_hard_correct", "keep_easy_correct")):
+    for hard, easy in HARD_EASY_PAIRS:
         if hard in meas.rules() and easy in meas.rules():
             grid = [[rule_winner(meas, v, n, hard, easy) for n in sizes] for v in variants]
             if any(w is not None for row in grid for w in row):
@@ -236,8 +237,7 @@ def write_report(run_dir: str | os.PathLike, cfg, table, manifest: dict[str, Any
             name = f"error_vs_p_{rs.hard_tier}.png"
             plot_error_vs_p(meas, cal, out / name, rs.hard_tier, student_hard_error)
             drawn[name] = f"the same on the '{rs.hard_tier}' tier"
-    curated_rules = [r for r in ("keep_hard", "keep_easy", "keep_hard_correct", "keep_easy_correct", "random")
-                     if r in meas.rules()]
+    curated_rules = [r for r in (*(r for pair in HARD_EASY_PAIRS for r in pair), "random") if r in meas.rules()]
     phase = phase_tables(meas, cal, curated_rules)
     if figures and plot_phase(phase, cal, out / "phase_diagram.png"):
         drawn["phase_diagram.png"] = "best p and E(best p)/E(1) over (n, generator quality), per rule"

@@ -253,7 +253,10 @@ def _run_loop(ctx: TrialContext, spec: dict[str, Any], out_dir: Path, fingerprin
     cfg, loop = ctx.cfg, ctx.cfg.loop
     geometry = ctx.geometry(spec["generator"])
     rounds: list[dict[str, Any]] = []
-    previous_model: Path | None = None
+    pool_model = cfg.pool.generators[spec["generator"]].model
+    # The generator of the next round: (model reference, its directory or spec, text for data_source).
+    generator: tuple[str, str, str] | None = None  # None: round 1 curates the pool itself
+    bar = _untouched_accuracy(ctx) if loop.only_if_better else None
     for t in range(1, spec["rounds"] + 1):
         round_dir = out_dir / round_dirname(t)
         round_fp = io.digest(fingerprint, t)
@@ -261,31 +264,32 @@ def _run_loop(ctx: TrialContext, spec: dict[str, Any], out_dir: Path, fingerprin
         model_dir = round_dir.joinpath(*MODEL_SUBDIR)
         if cached is not None and (t == spec["rounds"] or model_dir.is_dir()):
             rounds.append(cached)
-            previous_model = model_dir
+            generator = _next_generator(cached, model_dir, t, generator, pool_model, bar)
             continue
         round_dir.mkdir(parents=True, exist_ok=True)
         seed = loop.seed * 1000 + t
-        if t == 1:
+        if generator is None:
             samples = ctx.samples(spec["generator"])
             subset = set(nested_subset(samples[C.PROBLEM_ID], loop.pool_size, loop.seed))
             data = samples[samples[C.PROBLEM_ID].isin(subset)].reset_index(drop=True)
             data_source = f"pool:{spec['generator']}"
         else:
-            data = _student_samples(ctx, previous_model, t, seed, spec["generator"])
-            data_source = f"round {t - 1} model"
+            data = _student_samples(ctx, generator[1], t, seed, spec["generator"], model_ref=generator[0])
+            data_source = generator[2]
         data.drop(columns=[c for c in data.columns if c.startswith("_")]).to_parquet(round_dir / "data.parquet")
         rows, curation = curate_rows(data, spec["rule"], spec["keep_fraction"], 0.0, 0.0, seed)
         # The next round samples with this round's model.
         summary, scores = train_and_evaluate(ctx, rows, round_dir, seed, pool_size=int(data[C.PROBLEM_ID].nunique()),
                                              generator=spec["generator"], keep_model=t < spec["rounds"])
         scores.to_parquet(round_dir / SCORES_FILE, index=False)
-        previous = rounds[-1] if t > 1 and rounds else {}  # round t's data came from round t - 1's student
+        # round t's data came from round t - 1's student (or, gated, from an earlier one or the pool's generator)
+        previous = rounds[-1] if generator is not None and generator[2] == f"round {t - 1} model" else {}
         entry = {"round": t, "data_source": data_source, "data_trace_accuracy": float(data[C.CORRECT].mean()),
                  "curation": curation, **summary, "fingerprint": round_fp,
                  **_linear_cell(geometry, curation, previous.get("learned_rho"), previous.get("learned_rho_g"))}
         _save(round_dir, round_fp, entry)
         rounds.append(entry)
-        previous_model = model_dir
+        generator = _next_generator(entry, model_dir, t, generator, pool_model, bar)
         if report is not None and t < spec["rounds"]:
             report(flat_metrics({"spec": spec, **entry}))
     # The chain's rounds, plus the scores of its last round as the trial's scores.
@@ -297,9 +301,39 @@ def _run_loop(ctx: TrialContext, spec: dict[str, Any], out_dir: Path, fingerprin
     return {"spec": spec, "rounds": rounds, **{k: v for k, v in rounds[-1].items() if k not in ("round",)}}
 
 
-def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int, seed: int, generator: str):
-    """Fresh problems (none of them held out) sampled k times by ``model_dir``, verified and scored (with the
-    pool's difficulty settings: a linear world's oracle margin, else the samples' pass rate)."""
+def _untouched_accuracy(ctx: TrialContext) -> float:
+    """The untouched student's held-out accuracy (the reference evaluation's): the bar a loop round must beat."""
+    from pipeline.sweep.layout import REFERENCE_DIR
+
+    metrics = json.loads((ctx.run_dir / REFERENCE_DIR / "metrics.json").read_text())["models"]["student"]["metrics"]
+    metric = "greedy_accuracy" if "greedy_accuracy" in metrics else next(iter(metrics))
+    return float(metrics[metric]["overall"]["value"])
+
+
+def _round_accuracy(entry: dict[str, Any]) -> float:
+    metrics = entry["metrics"]
+    metric = "greedy_accuracy" if "greedy_accuracy" in metrics else next(iter(metrics))
+    return float(metrics[metric]["overall"]["value"])
+
+
+def _next_generator(entry: dict[str, Any], model_dir: Path, t: int, current, pool_model: str, bar: float | None):
+    """The generator of round t + 1: round t's model, unless ``bar`` is set and the model does not beat it (then
+    the generator round t used: the pool's generator model for round 1)."""
+    if bar is None or _round_accuracy(entry) > bar:
+        return (str(model_dir), str(model_dir), f"round {t} model")
+    if current is not None:
+        return current
+    from pipeline.models import resolve_model
+
+    return (pool_model, resolve_model(pool_model), f"pool generator {pool_model} (round {t} model did not beat the "
+            "untouched student)")
+
+
+def _student_samples(ctx: TrialContext, model_dir, round_index: int, seed: int, generator: str,
+                     model_ref: str | None = None):
+    """Fresh problems (none of them held out) sampled k times by ``model_dir`` (``model_ref``: its reference, when
+    not the directory itself), verified and scored (with the pool's difficulty settings: a linear world's oracle
+    margin, else the samples' pass rate)."""
     import pandas as pd
 
     from pipeline import columns as C
@@ -309,7 +343,7 @@ def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int
     from stages.verify import VerifyStage
 
     cfg, loop = ctx.cfg, ctx.cfg.loop
-    if model_dir is None or not model_dir.is_dir():
+    if model_ref is None and (model_dir is None or not Path(model_dir).is_dir()):
         raise RuntimeError(f"loop round {round_index}: the previous round's model is missing; rerun the sweep")
     held = heldout_problems(cfg.evaluate, cfg.seed, ctx.exclude_ids, ctx.exclude_texts)
     held_ids = {r[C.PROBLEM_ID] for r in held.rows}
@@ -330,8 +364,8 @@ def _student_samples(ctx: TrialContext, model_dir: Path | None, round_index: int
     sample_cfg = cfg.pool.sample.model_copy(update={
         "k": loop.k, "seed": seed, "threads": ctx.threads(cfg.pool.sample.threads), "rounds": None, "cache_dir": None,
     })
-    rows = generate_and_verify(str(model_dir), str(model_dir), problems, sample_cfg, VerifyStage(cfg.pool.verify),
-                               cfg.evaluate.batch_size, seed)
+    rows = generate_and_verify(model_ref or str(model_dir), str(model_dir), problems, sample_cfg,
+                               VerifyStage(cfg.pool.verify), cfg.evaluate.batch_size, seed)
     frame = pd.DataFrame(rows)
     stats = problem_stats(frame[C.PROBLEM_ID], frame[C.MODEL_ID], frame[C.CORRECT], frame[C.FINISH_REASON],
                           cfg.pool.difficulty, metadata=frame[C.METADATA])

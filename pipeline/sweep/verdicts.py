@@ -16,10 +16,14 @@ from typing import Any
 
 from pipeline.sweep.calibrate import Calibration, from_theory, quality_order, variant_label
 from pipeline.sweep.measure import Measurements, bootstrap_mean, fmt_ci, named_rng, round_matrix
+from pipeline.sweep.config import HARD_EASY_PAIRS
 from pipeline.sweep.predict import THEORY_RULES, Predictor
 
 CONSISTENT, INCONSISTENT, UNTESTABLE = "consistent", "inconsistent", "untestable"
 MIN_LOOP_ROUNDS = 4
+# The keep-hard rules (i) judges, and the label-agnostic ones (ii) does; stratified forms rank within each level.
+HARD_RULES = tuple(h for h, _ in HARD_EASY_PAIRS)
+AGNOSTIC_HARD_RULES = ("keep_hard", "keep_hard_stratified")
 VERIFIER_RHO_STAR = 0.9999  # the toy loop's verifier checks reference answers: an all-but-perfect oracle
 
 PREDICTIONS = {
@@ -140,9 +144,10 @@ def verdict_i(j: Judge) -> dict[str, Any]:
     """(i): at cells where the theory predicts it, the best p < 1 beats p = 1 and random at that p, p* <= 0.5, and
     p* does not rise with n; with the LIMO/s1-style p <= small_keep_fraction line as a secondary."""
     meas, pred = j.meas, j.pred
-    rules = [r for r in ("keep_hard", "keep_hard_correct") if r in meas.rules()]
+    rules = [r for r in HARD_RULES if r in meas.rules()]
     if not rules:
-        return _verdict("i", UNTESTABLE, "Not measured: the grid has no keep_hard / keep_hard_correct cells.")
+        return _verdict("i", UNTESTABLE, "Not measured: the grid has no keep_hard / keep_hard_correct cells "
+                        "(or their stratified forms).")
     variants, reasons = j.usable()
     judged, failures, secondary = [], [], []
     for variant in variants:
@@ -218,14 +223,15 @@ def verdict_ii(j: Judge) -> dict[str, Any]:
     monotonically in p by more than the resolution: no significant rise between neighbouring p, p = 1 significantly
     better than the smallest p, and no p < 1 significantly better than p = 1."""
     meas, pred = j.meas, j.pred
-    if "keep_hard" not in meas.rules():
+    agnostic = [r for r in AGNOSTIC_HARD_RULES if r in meas.rules()]
+    if not agnostic:
         return _verdict("ii", UNTESTABLE, "Not measured: the grid has no label-agnostic keep_hard cells.")
     variants, reasons = j.usable()
     judged, failures = [], []
     limit = j.cfg.report.small_n_over_d
-    for variant in variants:
+    for variant, rule in ((v, r) for v in variants for r in agnostic):
         vc = j.cal.variants[variant]
-        for n, curve in j.curves(variant, "keep_hard"):
+        for n, curve in j.curves(variant, rule):
             label = f"{variant_label(variant, j.cal)} n={n}"
             if vc.dim is None:
                 reasons.append(f"{label}: n/d unknown (d_eff is not calibrated)")
@@ -256,7 +262,7 @@ def verdict_ii(j: Judge) -> dict[str, Any]:
             text = (f"{variant[0]} n={n} (n/d {n / vc.dim:.2f}): E(p={ps[0]:g}) - E(1) {_text(drop)}"
                     + (f"; error rises from p={rises[0][0]:g} to {rises[0][1]:g}" if rises else "")
                     + (f"; p={beats[0]:g} beats p = 1" if beats else ""))
-            judged.append(_cell(variant, n, "keep_hard", ps[0], "agrees" if ok else "disagrees", text=text))
+            judged.append(_cell(variant, n, rule, ps[0], "agrees" if ok else "disagrees", text=text))
             if not ok:
                 failures.append(text)
     if not judged and not any("n/d" in r for r in reasons):
@@ -268,8 +274,7 @@ def verdict_iii(j: Judge) -> dict[str, Any]:
     """(iii): at (n, p) measured for a stronger and a weaker generator, where the theory predicts keep-hard for the
     stronger and keep-easy for the weaker, each by more than the resolution: both measured winners as predicted."""
     meas, pred = j.meas, j.pred
-    pairs = [(h, e) for h, e in (("keep_hard", "keep_easy"), ("keep_hard_correct", "keep_easy_correct"))
-             if h in meas.rules() and e in meas.rules()]
+    pairs = [(h, e) for h, e in HARD_EASY_PAIRS if h in meas.rules() and e in meas.rules()]
     variants, reasons = j.usable()
     if not pairs:
         return _verdict("iii", UNTESTABLE, "Not measured: needs keep-hard and keep-easy cells.")

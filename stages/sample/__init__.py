@@ -2,8 +2,9 @@
 (a running OpenAI-compatible server) backend.
 
 The package: ``config`` (the YAML block), ``backend`` (Generation, row seeds, the backend protocol, prompt
-rendering), ``hf`` and ``vllm`` (the engines), ``linear`` (the linear world's labeller), ``openai`` (a server's
-client), ``cache`` (the generation cache), ``adaptive`` (adaptive k)."""
+rendering), ``hf`` and ``vllm`` (the engines), ``linear`` (the linear world's labeller), ``gold`` (the toy world's
+solver as a generator), ``openai`` (a server's client), ``cache`` (the generation cache), ``adaptive`` (adaptive
+k)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,10 @@ class SampleStage(Stage):
             from stages.sample.vllm import VLLMBackend
 
             self.backend = VLLMBackend(cfg, path)
+        elif backend == "gold":
+            from stages.sample.gold import GoldBackend
+
+            self.backend = GoldBackend(cfg, path)
         elif backend == "linear":
             from stages.sample.linear import LinearBackend
 

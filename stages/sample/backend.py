@@ -73,8 +73,14 @@ def eos_ids(tokenizer, model) -> list[int]:
     return sorted(set(ids))
 
 def choose_backend(cfg: Any) -> str:
-    """Resolve ``auto``: openai when the config names a server, linear for a linear-world model, else vllm when a GPU
-    and vllm are present, else hf."""
+    """The backend of ``cfg.model``: ``gold`` for the toy world's gold generator whatever ``cfg.backend`` says (no
+    engine runs it; a pool's generators share one sample block), else ``cfg.backend``, with ``auto`` resolved to
+    openai when the config names a server, linear for a linear-world model, else vllm when a GPU and vllm are
+    present, else hf."""
+    from pipeline.toyworld import is_gold_model
+
+    if is_gold_model(cfg.model):
+        return "gold"
     if cfg.backend != "auto":
         return cfg.backend
     if getattr(cfg, "openai", None) is not None:

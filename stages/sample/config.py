@@ -86,9 +86,10 @@ class SampleSettings(StageConfig):
     model: str = Field(
         "toy:strong",
         description="toy:NAME (the project's tiny model, built on first use), a local model directory, a hub id "
-        "(org/name or org/name@revision; pinned to its commit before the run starts), or "
-        "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S). "
-        "backend openai: the name the server serves the model under.",
+        "(org/name or org/name@revision; pinned to its commit before the run starts), "
+        "linear:rho=R[,sigma=S] (a generator of the linear world: cosine R with w*, label noise S), or "
+        "toy:gold[,eps=E] (the toy world's worked solution, with one coherent wrong trace on a fixed fraction E of "
+        "problems; no model, whatever `backend` says). backend openai: the name the server serves the model under.",
         json_schema_extra=MODEL_FIELD,
     )
     backend: Literal["hf", "vllm", "auto", "linear", "openai"] = Field(

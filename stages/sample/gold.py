@@ -33,6 +33,10 @@ class GoldBackend:
         """The prompt as the template renders it (the toy tokenizer has no chat template)."""
         return self.cfg.prompt_template.format(problem=problem)
 
+    def prompt_messages(self, problem: str) -> None:
+        """No chat template: the prompt is the template's text."""
+        return None
+
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Generation]]:
         """The worked solution once per seed; a prompt with no arithmetic chain gets an ``error`` generation."""
         from pipeline.toyworld import gold_solution

@@ -385,6 +385,11 @@ def _fit_dimension(meas: Measurements, vc: VariantCalibration, task: str, world_
               "median_miss": float(np.median(np.abs(predicted - ys))),
               "fit_ok": not systematic, "floor": floor, "flattened": bool(above <= FLAT_WITHIN),
               "above_asymptote": float(above), "below_floor": int(np.sum(ys + halves < floor))}
+    if world_lam is None and lam in (LAMBDAS[0], LAMBDAS[-1]):
+        tried = ", ".join(f"{x:g}" for x in LAMBDAS)
+        vc.notes.append(f"lambda was fitted at the edge of the values tried ({lam:g} of {tried}): "
+                        "the theory's ridge fits this learning curve only at an extreme penalty, so its predictions "
+                        "away from the curve (small p, other rules) are an extrapolation")
     if not vc.fit["flattened"]:
         vc.notes.append(f"the learning curve has not flattened: at its largest size the fitted theory is "
                         f"{100 * above:.0f}% above its asymptote ({floor:.3f}); n/d_eff is identified less well")

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         job = {"model_path": model_path, "columns": {k: [v[i] for i in order] for k, v in columns.items()},
                "seed": 0, "dtype": "float32", "gguf_file": None, "trust_remote_code": False,
-               "threads": fcfg.threads, "lora": None,
+               "threads": fcfg.threads, "lora": None, "token_metrics": fcfg.token_metrics,
                "sft_kwargs": ft._sft_kwargs(short, args.steps, 0, str(Path(tmp) / "trainer"))}
         trl_s, plain_s = [], []
         for _ in range(args.repeats):

@@ -131,6 +131,11 @@ class FinetuneConfig(Frozen):
     threads: int | None = Field(None, ge=1, description="torch threads of single-process training (None: torch's default).")
     seed: int | None = Field(None, description="Seed of weights init, data order and dropout (default: the run seed).")
     lora: LoraSettings | None = Field(None, description="Train LoRA adapters instead of all weights (None: full).")
+    token_metrics: bool = Field(
+        True, description="TRL's per-token entropy and top-1 accuracy in the training logs (SFTTrainer's fused LM "
+        "head). false: the loss is the model's own cross-entropy over the same completion tokens and the logs have "
+        "the loss only; about 18% less time per step on a small model, which is what a sweep of many trials pays.",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype the student is loaded in.")
     gguf_file: str | None = Field(None, description="GGUF file inside the student directory, if it ships GGUF.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the student. Off unless you trust it.")
@@ -256,6 +261,22 @@ def _sft_kwargs(cfg: FinetuneConfig, steps: int, seed: int, output_dir: str) -> 
     return kwargs
 
 
+def _loss_only_trainer() -> type:
+    """``SFTTrainer`` whose loss is transformers' ``Trainer.compute_loss``: the model's own cross-entropy over the
+    completion tokens, normalised by the tokens of the whole optimizer step as TRL's is, without the fused head's
+    per-token entropy and top-1 accuracy (``finetune.token_metrics: false``)."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class LossOnlySFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return LossOnlySFTTrainer
+
+
 def train_once(job: dict[str, Any], save_dir: str | None, wrap_trainer: Any = None) -> dict[str, Any]:
     """Build the SFTTrainer for ``job`` and train; save the (merged) model into ``save_dir`` when given.
 
@@ -301,7 +322,8 @@ def train_once(job: dict[str, Any], save_dir: str | None, wrap_trainer: Any = No
             r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], task_type="CAUSAL_LM",
             target_modules=target if isinstance(target, str) else list(target),
         )
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer if job.get("token_metrics", True) else _loss_only_trainer()
+    trainer = trainer_class(
         model=model, args=args, train_dataset=datasets.Dataset.from_dict(job["columns"]), processing_class=tokenizer,
         peft_config=peft_config,
     )
@@ -437,7 +459,7 @@ def finetune(
     job = {
         "model_path": model_path, "columns": laid_out, "seed": seed, "dtype": cfg.dtype, "gguf_file": cfg.gguf_file,
         "trust_remote_code": cfg.trust_remote_code, "threads": cfg.threads,
-        "lora": cfg.lora.model_dump(mode="json") if cfg.lora else None,
+        "lora": cfg.lora.model_dump(mode="json") if cfg.lora else None, "token_metrics": cfg.token_metrics,
         "sft_kwargs": _sft_kwargs(cfg, steps, seed, str(out / "trainer")),
     }
     try:

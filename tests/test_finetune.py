@@ -159,6 +159,28 @@ def test_tiny_sft_lowers_loss_and_saves_a_loadable_model(random_student, toy_row
     assert model.generate(**prompt, max_new_tokens=3, do_sample=False).shape[1] <= prompt["input_ids"].shape[1] + 3
 
 
+def test_loss_only_training_matches_trl_loss_and_weights(random_student, toy_rows, tmp_path):
+    """token_metrics: false trains on the same loss (the model's cross-entropy over the completion tokens, normalised
+    over the whole optimizer step): the same loss curve and weights as TRL's fused head, to float precision."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.finetune import finetune, read_train_stats
+
+    runs = {}
+    for metrics in (True, False):
+        cfg = FinetuneConfig(student=random_student, steps=6, batch_size=16, micro_batch_size=8, threads=2,
+                             token_metrics=metrics, sft={"learning_rate": 3e-3, "logging_steps": 1})
+        out = tmp_path / str(metrics)
+        runs[metrics] = (finetune(cfg, toy_rows, out, seed=0), read_train_stats(out)["loss_curve"])
+    (with_metrics, curve), (loss_only, curve_loss_only) = runs[True], runs[False]
+    assert [step for step, _ in curve] == [step for step, _ in curve_loss_only] == list(range(1, 7))
+    assert [loss for _, loss in curve_loss_only] == pytest.approx([loss for _, loss in curve], rel=1e-4)
+    a = AutoModelForCausalLM.from_pretrained(with_metrics).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(loss_only).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
 def test_epochs_budget_runs_the_planned_optimizer_steps(random_student, toy_rows, tmp_path):
     from pipeline.finetune import finetune, read_train_stats
 
